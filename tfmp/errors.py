@@ -1,0 +1,21 @@
+"""Errors a user can fix, as opposed to bugs in tfmp.
+
+The CLI turns a `UserError` into exit status 2 with its message on stderr and no
+traceback; anything else is an internal failure (exit status 1).
+"""
+
+
+class UserError(ValueError):
+    """Bad usage or bad input: the message says what was received, where, and what to do."""
+
+
+class InputError(UserError):
+    """A data file, model directory or run directory that cannot be used as given."""
+
+
+class PolicyError(UserError):
+    """An unknown or unsupported precision policy."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training was stopped on purpose (loss scale collapsed, NaN loss); a checkpoint was kept."""
