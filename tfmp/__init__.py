@@ -1,0 +1,36 @@
+"""tfmp: mixed-precision fine-tuning of BERT text classifiers with TensorFlow and Keras 3."""
+
+__version__ = "0.1.0"
+
+from tfmp.data import LabelMap, load_examples, make_dataset, split_examples
+from tfmp.errors import InputError, PolicyError, TrainingStopped, UserError
+from tfmp.models import BertClassifier, load_classifier, rebuild_float32
+from tfmp.optimizer import LossScaleOptimizer, WarmupLinearDecay, build_optimizer
+from tfmp.precision import Policy, policy_scope, resolve, set_global_policy
+from tfmp.train import TrainConfig, compile_classifier, evaluate, load_model, train
+
+__all__ = [
+    "BertClassifier",
+    "InputError",
+    "LabelMap",
+    "LossScaleOptimizer",
+    "Policy",
+    "PolicyError",
+    "TrainConfig",
+    "TrainingStopped",
+    "UserError",
+    "WarmupLinearDecay",
+    "build_optimizer",
+    "compile_classifier",
+    "evaluate",
+    "load_classifier",
+    "load_examples",
+    "load_model",
+    "make_dataset",
+    "policy_scope",
+    "rebuild_float32",
+    "resolve",
+    "set_global_policy",
+    "split_examples",
+    "train",
+]

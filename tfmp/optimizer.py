@@ -1,0 +1,190 @@
+"""AdamW with warmup and linear decay, wrapped in a loss-scale optimizer under float16.
+
+    optimizer = build_optimizer(policy, total_steps=1000, learning_rate=5e-5)
+
+Under `mixed_float16` this returns a `LossScaleOptimizer` (Keras' dynamic loss scale,
+plus a skipped-step counter and a minimum scale); under every other policy it returns
+the AdamW itself. The decision is `policy.loss_scaling`, made in `tfmp.precision`.
+"""
+
+import keras
+from keras import ops
+from keras.src.utils import tracking
+
+from tfmp.errors import TrainingStopped
+
+# The weight-decay rule (as in BERT and nanoGPT): only matrices decay. Biases, and the
+# gamma/beta of every LayerNorm (the embeddings' norm included), are 1-D and do not:
+# decaying them pulls the normalisation scale towards zero instead of regularising.
+# Keras matches these patterns against `variable.name` ("kernel", "bias", "gamma", ...).
+NO_DECAY_PATTERNS = ("^bias$", "^gamma$", "^beta$")
+
+
+@keras.saving.register_keras_serializable(package="tfmp")
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to `peak`, then linear decay to `end` at `total_steps`.
+
+    Args:
+        peak: float. Learning rate reached at the end of warmup.
+        total_steps: int. Steps in the whole run (epochs x steps per epoch).
+        warmup_steps: int. Steps of linear warmup.
+        end: float. Learning rate at `total_steps` and after.
+    """
+
+    def __init__(self, peak, total_steps, warmup_steps=0, end=0.0):
+        self.peak = float(peak)
+        self.total_steps = max(int(total_steps), 1)
+        self.warmup_steps = min(max(int(warmup_steps), 0), self.total_steps)
+        self.end = float(end)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        warmup = ops.cast(max(self.warmup_steps, 1), "float32")
+        decay_steps = ops.cast(max(self.total_steps - self.warmup_steps, 1), "float32")
+        # `step + 1`: the first update (iteration 0) already gets a non-zero rate.
+        warm = self.peak * (step + 1.0) / warmup
+        progress = ops.clip((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        decayed = self.peak + (self.end - self.peak) * progress
+        return ops.where(step < self.warmup_steps, warm, decayed)
+
+    def get_config(self):
+        return {
+            "peak": self.peak,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "end": self.end,
+        }
+
+
+@keras.saving.register_keras_serializable(package="tfmp")
+class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras' dynamic `LossScaleOptimizer`, plus a skipped-step count and a floor.
+
+    A step whose gradients are not all finite is skipped (weights and slots
+    untouched), the scale halves and `skipped_steps` grows by one. Both live in
+    `variables`, so checkpoints carry them. When the scale falls below `min_scale`,
+    `check_scale()` (called by `tfmp.callbacks.LossScaleGuard` after every batch)
+    raises `TrainingStopped` rather than letting training skip every step forever.
+
+    Args:
+        inner_optimizer: the optimizer that applies the unscaled gradients.
+        initial_scale: float. Starting loss scale.
+        dynamic_growth_steps: int. Clean steps after which the scale doubles.
+        min_scale: float. Floor below which training stops.
+    """
+
+    def __init__(
+        self,
+        inner_optimizer,
+        initial_scale=2.0**15,
+        dynamic_growth_steps=2000,
+        min_scale=1.0,
+        name=None,
+        **kwargs,
+    ):
+        super().__init__(
+            inner_optimizer,
+            initial_scale=initial_scale,
+            dynamic_growth_steps=dynamic_growth_steps,
+            name=name,
+            **kwargs,
+        )
+        self.min_scale = float(min_scale)
+
+    @tracking.no_automatic_dependency_tracking
+    def build(self, var_list):
+        # Created before `super().build`, which marks the optimizer built.
+        self.skipped_steps = self.add_variable(
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            aggregation="none",
+            name="skipped_steps",
+        )
+        super().build(var_list)
+
+    def _stateful_handle_non_finite_grads(self):
+        self.skipped_steps.assign_add(1)
+        super()._stateful_handle_non_finite_grads()
+
+    def check_scale(self):
+        """Raises `TrainingStopped` if the scale fell below `min_scale`."""
+        if not self.built:
+            return
+        scale = float(ops.convert_to_numpy(self.dynamic_scale))
+        if scale < self.min_scale:
+            skipped = int(ops.convert_to_numpy(self.skipped_steps))
+            raise TrainingStopped(
+                f"The float16 loss scale fell to {scale:g}, below the minimum "
+                f"{self.min_scale:g}, after {skipped} skipped steps: the gradients "
+                "overflow float16 whatever the scale. Try --policy mixed_bfloat16 (or "
+                "float32), pin the overflowing layers to float32 (tfmp diagnose), or a "
+                "lower learning rate."
+            )
+
+    def get_config(self):
+        config = super().get_config()
+        config["min_scale"] = self.min_scale
+        return config
+
+
+def build_optimizer(
+    policy,
+    total_steps,
+    learning_rate=5e-5,
+    warmup_ratio=0.1,
+    weight_decay=0.01,
+    clipnorm=1.0,
+    initial_scale=2.0**15,
+    dynamic_growth_steps=2000,
+    min_scale=1.0,
+):
+    """AdamW with warmup/decay, wrapped for loss scaling when `policy` needs it.
+
+    Args:
+        policy: `tfmp.precision.Policy`.
+        total_steps: int. Optimizer steps in the whole run.
+        learning_rate: float. Peak learning rate.
+        warmup_ratio: float. Share of `total_steps` spent warming up.
+        weight_decay: float. Decoupled weight decay for matrices (see
+            `NO_DECAY_PATTERNS`).
+        clipnorm: float or None. Global-norm clipping. Applied by the inner AdamW,
+            i.e. to the gradients after the loss scale has been divided out.
+        initial_scale, dynamic_growth_steps, min_scale: loss-scale settings, used
+            only under `mixed_float16`.
+    """
+    schedule = WarmupLinearDecay(
+        peak=learning_rate,
+        total_steps=total_steps,
+        warmup_steps=round(warmup_ratio * total_steps),
+    )
+    adamw = keras.optimizers.AdamW(
+        learning_rate=schedule,
+        weight_decay=weight_decay,
+        global_clipnorm=clipnorm or None,
+        epsilon=1e-6,
+    )
+    adamw.exclude_from_weight_decay(var_names=list(NO_DECAY_PATTERNS))
+    if not policy.loss_scaling:
+        return adamw
+    return LossScaleOptimizer(
+        adamw,
+        initial_scale=initial_scale,
+        dynamic_growth_steps=dynamic_growth_steps,
+        min_scale=min_scale,
+    )
+
+
+def loss_scale_state(optimizer):
+    """{"loss_scale", "skipped_steps", "iterations"} as Python numbers (None if unscaled)."""
+    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    built = getattr(optimizer, "built", False)
+    return {
+        "loss_scale": float(ops.convert_to_numpy(optimizer.dynamic_scale))
+        if scaled and built
+        else None,
+        "skipped_steps": int(ops.convert_to_numpy(optimizer.skipped_steps))
+        if isinstance(optimizer, LossScaleOptimizer) and built
+        else 0,
+        "iterations": int(ops.convert_to_numpy(optimizer.iterations)),
+    }

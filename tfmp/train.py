@@ -1,0 +1,328 @@
+"""One fine-tuning run: a `TrainConfig` in, a run directory out.
+
+    from tfmp import TrainConfig, train
+    result = train(TrainConfig(data="airline", policy="mixed_float16", out="runs/demo"))
+    print(result.metrics["accuracy"])
+
+The CLI (`tfmp train`), the notebooks and this API all build the same `TrainConfig`.
+Inputs are validated (policy, data, labels, splits, model directory) before anything
+is written; the run is assembled in `<out>.partial/` and renamed to `<out>` only
+when it is complete, so a failed run never leaves a directory that looks finished.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+
+import keras
+import numpy as np
+
+from tfmp import callbacks as tfmp_callbacks
+from tfmp import data, models, optimizer, precision
+from tfmp.errors import UserError
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings of one run. Every default is what `tfmp train` uses without the flag."""
+
+    # Data: "airline", "tweets" or a .csv/.tsv/.jsonl path.
+    data: str = "airline"
+    text_column: str | None = None  # None: "text"
+    label_column: str | None = None  # None: "label" ("sentiment" for built-ins)
+    labels: tuple | None = None  # label map in id order; None: from the data
+    encoding: str = "utf-8"  # of user files; the built-ins are Latin-1
+    on_decode_error: str = "replace"  # or "strict": refuse undecodable bytes
+    # Model: a Hugging Face BERT checkpoint dir; None is the bundled all-MiniLM-L6-v2.
+    model: str | None = None
+    # Precision: auto, float32, mixed_float16 or mixed_bfloat16.
+    policy: str = "auto"
+    epochs: int = 2
+    batch_size: int = 32
+    seq_len: int = 64  # airline tweets are ~30 WordPiece tokens; 64 truncates <1%
+    lr: float = 5e-5  # peak AdamW learning rate
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1  # share of all steps spent in linear warmup
+    clipnorm: float | None = 1.0  # global-norm clipping of unscaled gradients
+    dropout: float = 0.1
+    max_train_examples: int | None = None  # cap on the training split only
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    # Loss scaling (mixed_float16 only).
+    initial_loss_scale: float = 2.0**15
+    dynamic_growth_steps: int = 2000
+    min_loss_scale: float = 1.0  # below this, training stops with an error
+    out: str = "runs/run"
+    overwrite: bool = False  # replace an existing run directory
+
+    def to_json(self):
+        d = dataclasses.asdict(self)
+        d["labels"] = list(self.labels) if self.labels else None
+        return d
+
+    @classmethod
+    def from_json(cls, d):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise UserError(f"Unknown TrainConfig fields: {', '.join(unknown)}.")
+        d = dict(d)
+        if d.get("labels"):
+            d["labels"] = tuple(d["labels"])
+        return cls(**d)
+
+    def validate(self):
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}."),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}."),
+            (self.seq_len >= 8, f"--seq-len must be at least 8, got {self.seq_len}."),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}."),
+            (0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}."),
+            (self.max_train_examples is None or self.max_train_examples >= 1,
+             f"--max-train-examples must be at least 1, got {self.max_train_examples}."),
+            (self.on_decode_error in ("replace", "strict"),
+             f"--on-decode-error must be 'replace' or 'strict', got {self.on_decode_error!r}."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_dir: str
+    policy: precision.Policy
+    metrics: dict
+    history: dict
+    model: keras.Model
+    label_map: data.LabelMap
+
+
+def prepare_data(config, preprocessor=None):
+    """Loads, labels and splits the data of `config`: (examples, label_map, splits)."""
+    examples = data.load_examples(
+        config.data,
+        text_column=config.text_column,
+        label_column=config.label_column,
+        encoding=config.encoding,
+        on_decode_error=config.on_decode_error,
+    )
+    if config.labels:
+        label_map = data.LabelMap(config.labels)
+    else:
+        label_map = data.LabelMap.from_labels(examples.labels)
+    label_ids = label_map.ids(examples.labels, source=examples.source, rows=examples.rows)
+    splits = data.split_examples(
+        examples.texts,
+        label_ids,
+        validation_fraction=config.validation_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        max_train_examples=config.max_train_examples,
+    )
+    return examples, label_map, splits
+
+
+def compile_classifier(model, policy, total_steps, config):
+    """Compiles `model` with tfmp's optimizer for `policy` (wrapped iff float16)."""
+    opt = optimizer.build_optimizer(
+        policy,
+        total_steps=total_steps,
+        learning_rate=config.lr,
+        warmup_ratio=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        clipnorm=config.clipnorm,
+        initial_scale=config.initial_loss_scale,
+        dynamic_growth_steps=config.dynamic_growth_steps,
+        min_scale=config.min_loss_scale,
+    )
+    model.compile(
+        optimizer=opt,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        # The wrap decision is tfmp's (`policy.loss_scaling`), not Keras' implicit one.
+        auto_scale_loss=False,
+    )
+    return model
+
+
+def _check_out_dir(config):
+    out = os.path.abspath(config.out)
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        if not config.overwrite:
+            raise UserError(
+                f"Run directory '{config.out}' already exists and is not empty. Pass "
+                "--overwrite to replace it, or choose another --out."
+            )
+    return out
+
+
+def _versions():
+    import keras_hub
+    import tensorflow as tf
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras_hub": keras_hub.__version__,
+        "machine": platform.machine(),
+        "processor": precision._read_cpuinfo()[0] or platform.processor(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def evaluate(model, split, label_map, batch_size=64):
+    """Accuracy, macro-F1 and scikit-learn's classification report on `split`."""
+    from sklearn.metrics import classification_report, f1_score
+
+    ds = data.make_dataset(split, model.preprocessor, batch_size)
+    logits = model.predict(ds.map(lambda x, y: x), verbose=0)
+    predicted = np.argmax(logits, axis=-1)
+    truth = np.asarray(split.label_ids)
+    labels = list(range(label_map.num_classes))
+    counts = np.bincount(truth, minlength=label_map.num_classes)
+    return {
+        "examples": int(len(truth)),
+        "accuracy": float(np.mean(predicted == truth)),
+        "macro_f1": float(f1_score(truth, predicted, labels=labels, average="macro",
+                                   zero_division=0)),
+        "majority_class_share": float(counts.max() / counts.sum()),
+        "classification_report": classification_report(
+            truth, predicted, labels=labels, target_names=list(label_map.names),
+            digits=4, zero_division=0,
+        ),
+        "classification_report_dict": classification_report(
+            truth, predicted, labels=labels, target_names=list(label_map.names),
+            output_dict=True, zero_division=0,
+        ),
+    }
+
+
+def _write_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.write("\n")
+
+
+def train(config, verbose=1):
+    """Runs one fine-tune and writes its run directory. Returns a `RunResult`."""
+    if isinstance(config, dict):
+        config = TrainConfig.from_json(config)
+    config.validate()
+    log = print if verbose else (lambda *a, **k: None)
+
+    # --- Validate everything before writing anything. ---
+    policy = precision.resolve(config.policy)
+    log(f"Precision policy: {policy.name} ({policy.reason})")
+    out = _check_out_dir(config)
+    examples, label_map, splits = prepare_data(config)
+    model_dir = config.model or models.default_model_dir()
+    keras.utils.set_random_seed(config.seed)
+    model = models.load_classifier(
+        model_dir, num_classes=label_map.num_classes, sequence_length=config.seq_len,
+        policy=policy, dropout=config.dropout,
+    )
+    long_texts = data.count_long_texts(splits.train.texts, model.preprocessor)
+    stats = dict(examples.stats, long_texts_truncated_in_train=long_texts)
+    log(
+        f"Data: {config.data}: {len(examples.texts)} examples "
+        f"({', '.join(f'{n}={c}' for n, c in zip(label_map.names, np.bincount(splits.train.label_ids, minlength=label_map.num_classes)))} in train); "
+        f"train/validation/test = {len(splits.train)}/{len(splits.validation)}/"
+        f"{len(splits.test)}; {long_texts} training texts truncated to {config.seq_len} tokens."
+    )
+
+    train_ds = data.make_dataset(splits.train, model.preprocessor, config.batch_size,
+                                 shuffle=True, seed=config.seed)
+    val_ds = (data.make_dataset(splits.validation, model.preprocessor, 64)
+              if len(splits.validation) else None)
+    steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    compile_classifier(model, policy, total_steps, config)
+    log(f"Optimizer: {type(model.optimizer).__name__}"
+        + (" (dynamic loss scale) around AdamW" if policy.loss_scaling else " (no loss scaling)"))
+
+    # --- Train into <out>.partial, rename when complete. ---
+    staging = out + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    try:
+        start = time.perf_counter()
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            callbacks=[
+                tfmp_callbacks.LossScaleGuard(),
+                keras.callbacks.TensorBoard(os.path.join(staging, "logs"),
+                                            update_freq=50),
+            ],
+            verbose=verbose,
+        )
+        train_seconds = time.perf_counter() - start
+        test = evaluate(model, splits.test, label_map)
+        log(f"\nTest split ({test['examples']} examples, never trained on):\n"
+            f"{test['classification_report']}"
+            f"accuracy {test['accuracy']:.4f} vs majority class "
+            f"{test['majority_class_share']:.4f}")
+        state = optimizer.loss_scale_state(model.optimizer)
+        metrics = {
+            "test": {k: v for k, v in test.items() if k != "classification_report"},
+            "accuracy": test["accuracy"],
+            "macro_f1": test["macro_f1"],
+            "majority_class_share": test["majority_class_share"],
+            "train_seconds": train_seconds,
+            "train_examples_per_second": len(splits.train) * config.epochs / train_seconds,
+            "optimizer": state,
+        }
+        run_config = {
+            "config": config.to_json(),
+            "policy": policy.to_json(),
+            "optimizer": {
+                "class": f"{type(model.optimizer).__module__}.{type(model.optimizer).__name__}",
+                "loss_scale_optimizer": isinstance(
+                    model.optimizer, keras.optimizers.LossScaleOptimizer),
+                "inner": type(getattr(model.optimizer, "inner_optimizer",
+                                      model.optimizer)).__name__,
+                "total_steps": total_steps,
+                "steps_per_epoch": steps_per_epoch,
+            },
+            "model_dir": os.path.abspath(model_dir),
+            "data": {"source": examples.source, "stats": stats,
+                     "splits": {k: len(getattr(splits, k))
+                                for k in ("train", "validation", "test")}},
+            "versions": _versions(),
+            "command": " ".join(sys.argv) if sys.argv else "",
+        }
+        _write_json(os.path.join(staging, "config.json"), run_config)
+        label_map.save(os.path.join(staging, "labels.json"))
+        _write_json(os.path.join(staging, "metrics.json"), metrics)
+        _write_json(os.path.join(staging, "history.json"), history.history)
+        with open(os.path.join(staging, "classification_report.txt"), "w") as f:
+            f.write(test["classification_report"])
+        model.save(os.path.join(staging, "model.keras"))
+    except BaseException:
+        # Partial results stay in <out>.partial for inspection; <out> is untouched.
+        log(f"Run failed; partial results kept in {staging}", file=sys.stderr)
+        raise
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    log(f"Run directory: {out}")
+    return RunResult(run_dir=out, policy=policy, metrics=metrics,
+                     history=history.history, model=model, label_map=label_map)
+
+
+def load_model(run_dir):
+    """The trained classifier of a run directory, loaded in Keras' safe mode."""
+    path = os.path.join(run_dir, "model.keras")
+    if not os.path.isfile(path):
+        raise UserError(f"'{run_dir}' is not a tfmp run directory: no model.keras in it.")
+    return keras.saving.load_model(path, safe_mode=True,
+                                   custom_objects={"BertClassifier": models.BertClassifier})
