@@ -324,7 +324,7 @@ def test_batches_are_trimmed_to_longest_real_sequence(preprocessor):
 
 def test_untrimmed_batches_keep_sequence_length(preprocessor):
     split = Split(["great", "late"], np.array([1, 0]))
-    (x, y), = make_dataset(split, preprocessor, batch_size=2, trim_padding=False).as_numpy_iterator()
+    (x, y), = make_dataset(split, preprocessor, batch_size=2, trim=False).as_numpy_iterator()
     assert x["token_ids"].shape == (2, 16)
 
 

@@ -279,13 +279,31 @@ def split_examples(
     return Splits(train=part(train), validation=part(validation), test=part(test))
 
 
-def make_dataset(split: Split, preprocessor, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                 trim_padding: bool = True, drop_remainder: bool = False):
-    """A `tf.data.Dataset` of preprocessed batches `(x, y)` (or `(x, y, sample_weight)`).
+def trim_padding(x):
+    """Cuts a preprocessed batch to its longest real sequence.
 
-    With `trim_padding`, each batch is cut to its longest sequence: a BERT with a padding mask
-    gives the same [CLS] output either way, and tweets fill a small part of the padded length.
-    Batch widths then vary, so a jit-compiled model compiles once per width seen.
+    A BERT with a padding mask gives the same [CLS] output for any amount of right
+    padding, and tweets fill a small part of the padded length, so the cut is free
+    accuracy-wise and saves most of the compute.
+    """
+    import tensorflow as tf
+
+    # Padding is on the right, so the longest real sequence sets the width.
+    width = tf.reduce_max(tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1))
+    # (batch, sequence_length) -> (batch, width)
+    return {k: v[:, :width] if k in _SEQUENCE_KEYS else v for k, v in x.items()}
+
+
+def make_dataset(split: Split, preprocessor, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                 trim: bool = True, drop_remainder: bool = False):
+    """A `tf.data.Dataset` of batches `(texts, label_ids)`, or of preprocessed `(x, y)`.
+
+    With `preprocessor=None` the batches hold raw strings: that is what a keras-hub
+    classifier's `fit`/`evaluate`/`predict` expect, since they map their own
+    preprocessor over the batches (`tfmp.BertClassifier` also trims the padding).
+    With a preprocessor, batches are tokenized here, and with `trim` each is cut to
+    its longest sequence (`trim_padding`). Batch widths then vary, so a jit-compiled
+    model compiles once per width seen.
     """
     # Imported here so that reading and checking data does not pay for starting TensorFlow.
     import keras
@@ -305,14 +323,13 @@ def make_dataset(split: Split, preprocessor, batch_size: int, *, shuffle: bool =
     if shuffle:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if preprocessor is None:
+        return ds.prefetch(tf.data.AUTOTUNE)
 
     def preprocess(texts, labels):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(preprocessor(texts, labels))
-        if trim_padding:
-            # Padding is on the right, so the longest real sequence sets the width.
-            width = tf.reduce_max(tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1))
-            # (batch, sequence_length) -> (batch, width)
-            x = {k: v[:, :width] if k in _SEQUENCE_KEYS else v for k, v in x.items()}
+        if trim:
+            x = trim_padding(x)
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
 
     return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

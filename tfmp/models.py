@@ -15,7 +15,7 @@ import os
 import keras
 import keras_hub
 
-from tfmp import precision
+from tfmp import data, precision
 from tfmp.errors import InputError
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.txt")
@@ -143,6 +143,17 @@ class BertClassifier(keras_hub.models.BertTextClassifier):
         self.num_classes = num_classes
         self.activation = keras.activations.get(activation)
         self.dropout = dropout
+
+    def preprocess_samples(self, x, y=None, sample_weight=None):
+        # keras-hub maps this over every batch of raw strings in fit/evaluate/predict.
+        # Cutting each batch to its longest sequence (not --seq-len) saves most of the
+        # compute on short texts; the padding mask makes the result the same.
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(
+            super().preprocess_samples(x, y, sample_weight)
+        )
+        if isinstance(x, dict) and "padding_mask" in x:
+            x = data.trim_padding(x)
+        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
 
 
 def load_classifier(model_dir=None, num_classes=2, sequence_length=128, policy=None,

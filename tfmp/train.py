@@ -182,8 +182,8 @@ def evaluate(model, split, label_map, batch_size=64):
     """Accuracy, macro-F1 and scikit-learn's classification report on `split`."""
     from sklearn.metrics import classification_report, f1_score
 
-    ds = data.make_dataset(split, model.preprocessor, batch_size)
-    logits = model.predict(ds.map(lambda x, y: x), verbose=0)
+    ds = data.make_dataset(split, None, batch_size)
+    logits = model.predict(ds.map(lambda texts, labels: texts), verbose=0)
     predicted = np.argmax(logits, axis=-1)
     truth = np.asarray(split.label_ids)
     labels = list(range(label_map.num_classes))
@@ -238,9 +238,9 @@ def train(config, verbose=1):
         f"{len(splits.test)}; {long_texts} training texts truncated to {config.seq_len} tokens."
     )
 
-    train_ds = data.make_dataset(splits.train, model.preprocessor, config.batch_size,
+    train_ds = data.make_dataset(splits.train, None, config.batch_size,
                                  shuffle=True, seed=config.seed)
-    val_ds = (data.make_dataset(splits.validation, model.preprocessor, 64)
+    val_ds = (data.make_dataset(splits.validation, None, 64)
               if len(splits.validation) else None)
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -258,6 +258,7 @@ def train(config, verbose=1):
             train_ds,
             validation_data=val_ds,
             epochs=config.epochs,
+            shuffle=False,  # train_ds is shuffled by tf.data, seeded
             callbacks=[
                 tfmp_callbacks.LossScaleGuard(),
                 keras.callbacks.TensorBoard(os.path.join(staging, "logs"),
