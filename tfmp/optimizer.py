@@ -16,6 +16,7 @@ from tfmp.errors import TrainingStopped
 # The weight-decay rule (as in BERT and nanoGPT): only matrices decay. Biases, and the
 # gamma/beta of every LayerNorm (the embeddings' norm included), are 1-D and do not:
 # decaying them pulls the normalisation scale towards zero instead of regularising.
+# Matched by name, not by rank: keras-hub's attention biases are 2-D (heads, head_dim).
 # Keras matches these patterns against `variable.name` ("kernel", "bias", "gamma", ...).
 NO_DECAY_PATTERNS = ("^bias$", "^gamma$", "^beta$")
 

@@ -18,6 +18,7 @@ import platform
 import shutil
 import sys
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -325,5 +326,9 @@ def load_model(run_dir):
     path = os.path.join(run_dir, "model.keras")
     if not os.path.isfile(path):
         raise UserError(f"'{run_dir}' is not a tfmp run directory: no model.keras in it.")
-    return keras.saving.load_model(path, safe_mode=True,
-                                   custom_objects={"BertClassifier": models.BertClassifier})
+    with warnings.catch_warnings():
+        # model.keras carries the optimizer of the finished run, which inference does
+        # not need; keras-hub's custom compile() makes Keras skip restoring it, noisily.
+        warnings.filterwarnings("ignore", message=".*(compile|optimizer).*")
+        return keras.saving.load_model(
+            path, safe_mode=True, custom_objects={"BertClassifier": models.BertClassifier})

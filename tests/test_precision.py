@@ -1,0 +1,75 @@
+import keras
+import pytest
+
+from tfmp import precision
+from tfmp.errors import PolicyError
+from tfmp.precision import Hardware
+
+
+@pytest.mark.parametrize("name,use", [("float16", "mixed_float16"), ("bfloat16", "mixed_bfloat16")])
+def test_pure_low_precision_is_refused_with_the_mixed_alternative(name, use):
+    with pytest.raises(PolicyError) as e:
+        precision.resolve(name)
+    assert use in str(e.value) and "float32 weights" in str(e.value)
+
+
+def test_unknown_policy_lists_the_choices():
+    with pytest.raises(PolicyError, match="auto, float32, mixed_float16, mixed_bfloat16"):
+        precision.resolve("fp8")
+
+
+@pytest.mark.parametrize("name", precision.POLICIES)
+def test_explicit_policy_is_kept_and_says_user_chose_it(name):
+    policy = precision.resolve(name)
+    assert policy.name == name and policy.reason == "chosen by the user"
+    assert policy.variable_dtype == "float32"
+
+
+def test_only_mixed_float16_needs_loss_scaling():
+    assert [precision.resolve(n).loss_scaling for n in precision.POLICIES] == [False, True, False]
+
+
+@pytest.mark.parametrize(
+    "hardware,expected,words",
+    [
+        (Hardware(gpus=(("A100", (8, 0)),)), "mixed_bfloat16", "8.0"),
+        (Hardware(gpus=(("H200", (9, 0)),)), "mixed_bfloat16", "9.0"),
+        (Hardware(gpus=(("T4", (7, 5)),)), "mixed_float16", "7.5"),
+        (Hardware(gpus=(("V100", (7, 0)),)), "mixed_float16", "loss scaling"),
+        (Hardware(gpus=(("P100", (6, 0)),)), "float32", "no tensor cores"),
+        (Hardware(tpu=True), "mixed_bfloat16", "TPU"),
+        (Hardware(cpu_model="Xeon", cpu_flags=frozenset({"amx_bf16", "avx512_bf16"})),
+         "mixed_bfloat16", "AMX"),
+        (Hardware(cpu_model="EPYC", cpu_flags=frozenset({"avx512_bf16"}), cpu_bf16_speedup=2.1),
+         "mixed_bfloat16", "2.10x"),
+        (Hardware(cpu_model="EPYC", cpu_flags=frozenset({"avx512_bf16"}), cpu_bf16_speedup=0.9),
+         "float32", "0.90x"),
+        (Hardware(cpu_model="EPYC", cpu_flags=frozenset({"avx512_bf16"})), "float32", "probe"),
+        (Hardware(cpu_model="Old Xeon", cpu_flags=frozenset({"avx2"})), "float32",
+         "no bfloat16 or float16 arithmetic"),
+    ],
+)
+def test_auto_chooses_from_hardware_and_says_why(hardware, expected, words):
+    policy = precision.resolve("auto", hardware=hardware)
+    assert policy.name == expected
+    assert words in policy.reason
+
+
+def test_auto_on_this_machine_gives_a_policy_and_reason():
+    policy = precision.resolve("auto")
+    assert policy.name in precision.POLICIES and len(policy.reason) > 20
+
+
+def test_policy_scope_restores_previous_policy_even_on_error():
+    keras.mixed_precision.set_global_policy("float32")
+    with pytest.raises(RuntimeError):
+        with precision.policy_scope("mixed_float16") as policy:
+            assert keras.mixed_precision.global_policy().name == "mixed_float16"
+            assert policy.loss_scaling
+            raise RuntimeError
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_set_global_policy_resolves_and_sets():
+    policy = precision.set_global_policy("mixed_bfloat16")
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16" == policy.name

@@ -1,0 +1,174 @@
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tfmp import cli
+from tfmp.train import TrainConfig, load_model, train
+
+WORDS = {
+    "negative": ["worst", "awful", "rude", "hate", "delayed", "cancelled"],
+    "neutral": ["seat", "today", "time", "plane", "flight", "hours"],
+    "positive": ["great", "love", "thanks", "good", "thank", "help"],
+}
+FILLER = ["the", "a", "my", "your", "was", "it", "to", "of", "and"]
+
+
+def write_sentiment_csv(path, n=360, seed=0):
+    """Three classes told apart by one keyword among filler: a tiny BERT learns it."""
+    rng = random.Random(seed)
+    labels = ["negative"] * (n // 2) + ["neutral"] * (n // 4) + ["positive"] * (n - n // 2 - n // 4)
+    rng.shuffle(labels)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for label in labels:
+            words = rng.sample(FILLER, 4) + [rng.choice(WORDS[label])]
+            rng.shuffle(words)
+            w.writerow(["@united " + " ".join(words), label])
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sentiment_csv(tmp_path_factory):
+    return write_sentiment_csv(tmp_path_factory.mktemp("data") / "tweets.csv")
+
+
+def _config(data, model, out, policy, **kw):
+    return TrainConfig(data=data, model=model, policy=policy, out=str(out), epochs=4,
+                       batch_size=16, seq_len=16, lr=5e-3, seed=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def runs(sentiment_csv, tiny_bert_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return {p: train(_config(sentiment_csv, tiny_bert_dir, root / p, p), verbose=0)
+            for p in ("float32", "mixed_float16")}
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_run_learns_the_task_and_writes_a_complete_run_dir(runs, policy):
+    result = runs[policy]
+    m = result.metrics
+    # One keyword decides the class: a tiny random BERT (72 steps) must clearly beat the
+    # 50% majority class (it reaches about 75%).
+    assert m["accuracy"] >= m["majority_class_share"] + 0.15, m
+    for name in ("config.json", "labels.json", "metrics.json", "history.json",
+                 "classification_report.txt", "model.keras"):
+        assert os.path.isfile(os.path.join(result.run_dir, name)), name
+    assert not os.path.exists(result.run_dir + ".partial")
+    saved = json.load(open(os.path.join(result.run_dir, "config.json")))
+    assert saved["policy"]["name"] == policy and saved["policy"]["reason"]
+    assert saved["optimizer"]["loss_scale_optimizer"] == (policy == "mixed_float16")
+    assert json.load(open(os.path.join(result.run_dir, "labels.json")))["names"] == [
+        "negative", "neutral", "positive"]
+    assert "negative" in open(os.path.join(result.run_dir, "classification_report.txt")).read()
+
+
+def test_mixed_float16_and_float32_runs_agree_within_a_few_points(runs):
+    # Same seed and data; 36 test examples, so one example is 2.8 points.
+    a, b = runs["float32"].metrics["accuracy"], runs["mixed_float16"].metrics["accuracy"]
+    assert abs(a - b) <= 0.06, (a, b)
+    state = runs["mixed_float16"].metrics["optimizer"]
+    assert state["loss_scale"] >= 1.0 and state["skipped_steps"] >= 0
+    assert runs["float32"].metrics["optimizer"]["loss_scale"] is None
+
+
+def test_saved_model_reloads_and_predicts_like_the_trained_one(runs):
+    result = runs["mixed_float16"]
+    loaded = load_model(result.run_dir)
+    texts = ["the flight was great", "rude crew"]
+    for a, b in zip(loaded.get_weights(), result.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.backbone.dtype_policy.name == "mixed_float16"
+    # Same weights and policy; float16 kernels may be chosen differently per graph,
+    # so logits agree to float16 precision (~1e-3 relative), not bitwise.
+    np.testing.assert_allclose(loaded.predict(texts, verbose=0),
+                               result.model.predict(texts, verbose=0), atol=2e-3)
+
+
+def test_model_fit_works_in_a_notebook_on_returned_objects(sentiment_csv, tiny_bert_dir):
+    # The same objects train() uses, driven by hand as a notebook would.
+    from tfmp import compile_classifier, data, load_classifier, resolve
+
+    policy = resolve("mixed_float16")
+    examples = data.load_examples(sentiment_csv)
+    labels = data.LabelMap.from_labels(examples.labels)
+    splits = data.split_examples(examples.texts, labels.ids(examples.labels), seed=0)
+    model = load_classifier(tiny_bert_dir, num_classes=3, sequence_length=16, policy=policy)
+    compile_classifier(model, policy, total_steps=10, config=TrainConfig(lr=1e-3))
+    history = model.fit(data.make_dataset(splits.train, None, 32, shuffle=True), epochs=1,
+                        shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert int(model.optimizer.iterations.numpy()) == -(-len(splits.train) // 32)
+
+
+def _cli(capsys, *args):
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_trains_and_prints_test_accuracy(capsys, sentiment_csv, tiny_bert_dir, tmp_path):
+    code, out, err = _cli(capsys, "train", "--data", sentiment_csv, "--model", tiny_bert_dir,
+                          "--policy", "mixed_bfloat16", "--epochs", "1", "--seq-len", "16",
+                          "--max-train-examples", "64", "--out", str(tmp_path / "r"), "--quiet")
+    assert code == 0, err
+    assert "test accuracy" in out
+    saved = json.load(open(tmp_path / "r" / "config.json"))
+    assert saved["data"]["splits"]["train"] == 64
+    assert saved["config"]["policy"] == "mixed_bfloat16"
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--data", "{missing}"], ["file not found", "missing.csv"]),
+        (["--data", "{csv}", "--text-column", "tweet"], ["tweet", "--text-column"]),
+        (["--data", "{csv}", "--labels", "negative,positive"], ["neutral", "row", "--labels"]),
+        (["--data", "{csv}", "--model", "{missing}"], ["does not exist"]),
+        (["--data", "{csv}", "--epochs", "0"], ["--epochs must be at least 1"]),
+        (["--data", "{empty}"], ["empty.csv"]),
+    ],
+)
+def test_cli_bad_input_exits_2_with_message_and_writes_nothing(capsys, sentiment_csv,
+                                                               tiny_bert_dir, tmp_path,
+                                                               args, words):
+    (tmp_path / "empty.csv").write_text("")
+    subs = {"missing": str(tmp_path / "missing.csv"), "csv": sentiment_csv,
+            "empty": str(tmp_path / "empty.csv")}
+    args = [a.format(**subs) for a in args]
+    if "--model" not in args:
+        args += ["--model", tiny_bert_dir]
+    code, out, err = _cli(capsys, "train", *args, "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 2
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err, (word, err)
+    assert not os.path.exists(tmp_path / "run")
+    assert not os.path.exists(str(tmp_path / "run") + ".partial")
+
+
+def test_cli_refuses_an_existing_run_dir_and_unknown_policy(capsys, sentiment_csv, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("mine")
+    code, _, err = _cli(capsys, "train", "--data", sentiment_csv, "--out", str(tmp_path / "run"))
+    assert code == 2 and "--overwrite" in err
+    assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--policy", "float16", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
+
+
+def test_cli_subprocess_bad_input_has_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfmp", "train", "--data", str(tmp_path / "nope.tsv"),
+         "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "nope.tsv" in proc.stderr and "Traceback" not in proc.stderr
