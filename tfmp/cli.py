@@ -71,6 +71,18 @@ def build_parser():
         prog="tfmp", description="Mixed-precision fine-tuning of BERT text classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    # Each feature module adds its own subcommand: `add_cli(subparsers)` registers a
+    # parser whose `func(args)` returns the exit status.
+    import importlib
+
+    for name in ("export", "diagnose"):
+        try:
+            module = importlib.import_module(f"tfmp.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"tfmp.{name}":
+                raise
+            continue
+        module.add_cli(sub)
     return parser
 
 
