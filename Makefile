@@ -26,7 +26,7 @@ demo: setup
 	$(VENV)/bin/tfmp train $(DEMO_ARGS) --out $(RUN) --overwrite
 
 full: setup
-	$(VENV)/bin/tfmp train --data airline --policy mixed_float16 --epochs 3 --out runs/full --overwrite
+	$(VENV)/bin/tfmp train --data airline --policy mixed_bfloat16 --epochs 3 --out runs/full --overwrite
 
 test: setup
 	$(PY) -m pytest -q
