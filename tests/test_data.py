@@ -9,7 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
-from tfmp import data, readers
+from tfmp import readers
 from tfmp.data import LabelMap, Split, count_long_texts, load_examples, make_dataset, split_examples
 from tfmp.errors import InputError
 

@@ -119,3 +119,21 @@ def test_real_minilm_loads_with_run_sequence_length_and_hf_round_trip_is_exact(t
     x = model.preprocessor(TEXTS)
     np.testing.assert_array_equal(model.backbone(x)["sequence_output"],
                                   again.backbone(x)["sequence_output"])
+
+
+def test_float32_pins_from_the_policy_apply_to_those_layers_only(tiny_bert_dir):
+    policy = precision.resolve("mixed_float16",
+                               float32_layers=("bert_backbone/transformer_layer_1",))
+    model = models.load_classifier(tiny_bert_dir, num_classes=3, sequence_length=16,
+                                   policy=policy)
+    block1 = model.backbone.get_layer("transformer_layer_1")
+    block0 = model.backbone.get_layer("transformer_layer_0")
+    assert block1.compute_dtype == "float32"
+    assert block0.compute_dtype == "float16"
+    x = model.preprocessor(TEXTS)
+    assert block1(block0(model.backbone.get_layer("embeddings_layer_norm")(
+        model.backbone.get_layer("token_embedding")(x["token_ids"])),
+        padding_mask=x["padding_mask"]), padding_mask=x["padding_mask"]).dtype == "float32"
+    # Rebuilding for serving keeps the pins; float32 rebuilds need none.
+    assert models.rebuild(model, policy).backbone.get_layer(
+        "transformer_layer_1").compute_dtype == "float32"

@@ -117,12 +117,14 @@ def _cli(capsys, *args):
 def test_cli_trains_and_prints_test_accuracy(capsys, sentiment_csv, tiny_bert_dir, tmp_path):
     code, out, err = _cli(capsys, "train", "--data", sentiment_csv, "--model", tiny_bert_dir,
                           "--policy", "mixed_bfloat16", "--epochs", "1", "--seq-len", "16",
-                          "--max-train-examples", "64", "--out", str(tmp_path / "r"), "--quiet")
+                          "--max-train-examples", "64", "--out", str(tmp_path / "r"), "--quiet",
+                          "--float32-layers", "bert_backbone/transformer_layer_1")
     assert code == 0, err
     assert "test accuracy" in out
     saved = json.load(open(tmp_path / "r" / "config.json"))
     assert saved["data"]["splits"]["train"] == 64
     assert saved["config"]["policy"] == "mixed_bfloat16"
+    assert saved["policy"]["float32_layers"] == ["bert_backbone/transformer_layer_1"]
 
 
 @pytest.mark.parametrize(

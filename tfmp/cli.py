@@ -31,6 +31,8 @@ def _add_train(sub):
                    "(default: the bundled all-MiniLM-L6-v2)")
     p.add_argument("--policy", default=d.policy, choices=CHOICES,
                    help="precision policy (default: %(default)s)")
+    p.add_argument("--float32-layers", help="comma-separated layer paths or patterns to "
+                   "keep in float32 (from `tfmp diagnose`)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seq-len", type=int, default=d.seq_len)
@@ -57,6 +59,9 @@ def _run_train(args):
     values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     if args.labels:
         values["labels"] = tuple(s.strip() for s in args.labels.split(",") if s.strip())
+    if args.float32_layers:
+        values["float32_layers"] = tuple(
+            s.strip() for s in args.float32_layers.split(",") if s.strip())
     if args.clipnorm == 0:
         values["clipnorm"] = None
     result = train(TrainConfig(**values), verbose=0 if args.quiet else 1)

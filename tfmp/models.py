@@ -177,6 +177,7 @@ def load_classifier(model_dir=None, num_classes=2, sequence_length=128, policy=N
     config = check_checkpoint_dir(model_dir)
     if policy is None:
         policy = precision.Policy(keras.mixed_precision.global_policy().name)
+    policy = precision.resolve(policy)
     max_positions = config.get("max_position_embeddings", 512)
     if sequence_length > max_positions:
         raise InputError(
@@ -201,17 +202,21 @@ def load_classifier(model_dir=None, num_classes=2, sequence_length=128, policy=N
             preprocessor=load_preprocessor(model_dir, sequence_length),
             dropout=dropout,
         )
+    _apply_pins(classifier, policy)
     return classifier
 
 
-def rebuild_float32(classifier):
-    """The same classifier rebuilt under float32 with the weights copied (for export).
+def rebuild(classifier, policy):
+    """The same classifier rebuilt under `policy`, weights copied, preprocessor shared.
 
-    The TFLite converter fails on a mixed_float16 graph, and serving on CPU wants
-    float32; variables are float32 under every policy, so the copy is exact.
+    Variables are float32 under every policy, so the copy is exact; only the compute
+    dtype changes. Export uses it twice: float32 for SavedModel/TFLite (the TFLite
+    converter fails on a mixed_float16 graph, and CPUs serve float32) and
+    mixed_float16 for GPU serving. Float32 pins of `policy` are applied again.
     """
-    backbone_config = dict(classifier.backbone.get_config(), dtype="float32")
-    with precision.policy_scope("float32"):
+    policy = precision.resolve(policy)
+    backbone_config = dict(classifier.backbone.get_config(), dtype=policy.name)
+    with precision.policy_scope(policy):
         backbone = keras_hub.models.BertBackbone.from_config(backbone_config)
         # The preprocessor holds no float state; sharing it keeps its vocabulary,
         # which a config round trip would drop (vocabularies are assets).
@@ -224,4 +229,17 @@ def rebuild_float32(classifier):
             name=classifier.name,
         )
     clone.set_weights(classifier.get_weights())
+    _apply_pins(clone, policy)
     return clone
+
+
+def rebuild_float32(classifier):
+    """`rebuild(classifier, "float32")`: the form export and serving on CPU need."""
+    return rebuild(classifier, "float32")
+
+
+def _apply_pins(classifier, policy):
+    if policy.float32_layers and policy.name != "float32":
+        from tfmp import diagnose
+
+        diagnose.pin_float32(classifier, policy.float32_layers)

@@ -58,6 +58,32 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 
 @keras.saving.register_keras_serializable(package="tfmp")
+class AdamW(keras.optimizers.AdamW):
+    """Keras' AdamW, plus `grad_norm`: the global norm of the last gradients it applied.
+
+    Recorded before clipping and, under a loss scale, after the scale was divided
+    out, so `tfmp.callbacks.TrainingMonitor` can log it without a second backward pass.
+    """
+
+    @tracking.no_automatic_dependency_tracking
+    def build(self, var_list):
+        self.grad_norm = self.add_variable(
+            shape=(), dtype="float32", initializer="zeros", aggregation="none",
+            name="grad_norm")
+        super().build(var_list)
+
+    def _clip_gradients(self, grads):
+        squares = [ops.sum(ops.square(ops.cast(g, "float32"))) for g in grads if g is not None]
+        self.grad_norm.assign(ops.sqrt(ops.sum(ops.stack(squares))) if squares else 0.0)
+        return super()._clip_gradients(grads)
+
+
+# Skipped steps remembered by the optimizer for `TrainingMonitor`, which reads them
+# at most once per `steps_per_execution` batches: a ring of the last this many.
+OVERFLOW_LOG_SIZE = 64
+
+
+@keras.saving.register_keras_serializable(package="tfmp")
 class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     """Keras' dynamic `LossScaleOptimizer`, plus a skipped-step count and a floor.
 
@@ -102,11 +128,26 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
             aggregation="none",
             name="skipped_steps",
         )
+        # Global step (1-based, skipped steps included) and the halved scale of each
+        # skipped step, at slot `skipped_steps % OVERFLOW_LOG_SIZE`.
+        self.overflow_steps = self.add_variable(
+            shape=(OVERFLOW_LOG_SIZE,), dtype="int64", initializer="zeros",
+            aggregation="none", name="overflow_steps")
+        self.overflow_scales = self.add_variable(
+            shape=(OVERFLOW_LOG_SIZE,), dtype="float32", initializer="zeros",
+            aggregation="none", name="overflow_scales")
         super().build(var_list)
 
     def _stateful_handle_non_finite_grads(self):
-        self.skipped_steps.assign_add(1)
+        slot = ops.mod(self.skipped_steps, OVERFLOW_LOG_SIZE)
+        step = ops.cast(self.iterations, "int64") + self.skipped_steps + 1
         super()._stateful_handle_non_finite_grads()
+        self.overflow_steps.assign(ops.scatter_update(
+            self.overflow_steps, ops.reshape(slot, (1, 1)), ops.reshape(step, (1,))))
+        self.overflow_scales.assign(ops.scatter_update(
+            self.overflow_scales, ops.reshape(slot, (1, 1)),
+            ops.reshape(ops.cast(self.dynamic_scale, "float32"), (1,))))
+        self.skipped_steps.assign_add(1)
 
     def check_scale(self):
         """Raises `TrainingStopped` if the scale fell below `min_scale`."""
@@ -159,7 +200,7 @@ def build_optimizer(
         total_steps=total_steps,
         warmup_steps=round(warmup_ratio * total_steps),
     )
-    adamw = keras.optimizers.AdamW(
+    adamw = AdamW(
         learning_rate=schedule,
         weight_decay=weight_decay,
         global_clipnorm=clipnorm or None,

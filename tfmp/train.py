@@ -24,7 +24,7 @@ import keras
 import numpy as np
 
 from tfmp import callbacks as tfmp_callbacks
-from tfmp import data, models, optimizer, precision
+from tfmp import data, models, optimizer, precision, report
 from tfmp.errors import UserError
 
 
@@ -43,6 +43,8 @@ class TrainConfig:
     model: str | None = None
     # Precision: auto, float32, mixed_float16 or mixed_bfloat16.
     policy: str = "auto"
+    # Layers computed in float32 whatever the policy (paths from `tfmp diagnose`).
+    float32_layers: tuple = ()
     epochs: int = 2
     batch_size: int = 32
     seq_len: int = 64  # airline tweets are ~30 WordPiece tokens; 64 truncates <1%
@@ -65,6 +67,7 @@ class TrainConfig:
     def to_json(self):
         d = dataclasses.asdict(self)
         d["labels"] = list(self.labels) if self.labels else None
+        d["float32_layers"] = list(self.float32_layers)
         return d
 
     @classmethod
@@ -76,6 +79,7 @@ class TrainConfig:
         d = dict(d)
         if d.get("labels"):
             d["labels"] = tuple(d["labels"])
+        d["float32_layers"] = tuple(d.get("float32_layers") or ())
         return cls(**d)
 
     def validate(self):
@@ -224,7 +228,7 @@ def train(config, verbose=1):
     log = print if verbose else (lambda *a, **k: None)
 
     # --- Validate everything before writing anything. ---
-    policy = precision.resolve(config.policy)
+    policy = precision.resolve(config.policy, float32_layers=config.float32_layers)
     log(f"Precision policy: {policy.name} ({policy.reason})")
     out = _check_out_dir(config)
     examples, label_map, splits = prepare_data(config)
@@ -258,6 +262,9 @@ def train(config, verbose=1):
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     try:
+        monitor = tfmp_callbacks.TrainingMonitor(
+            os.path.join(staging, "logs"), update_freq=50, batch_size=config.batch_size,
+            diagnose_data=train_ds if policy.loss_scaling else None)
         start = time.perf_counter()
         history = model.fit(
             train_ds,
@@ -265,9 +272,13 @@ def train(config, verbose=1):
             epochs=config.epochs,
             shuffle=False,  # train_ds is shuffled by tf.data, seeded
             callbacks=[
+                monitor,  # before the guard: the step that stops training is logged
                 tfmp_callbacks.LossScaleGuard(),
+                # update_freq="epoch": with an integer, Keras 3.15 leaves its
+                # record_if(batch % update_freq == 0) in force at epoch end and drops
+                # the epoch_loss/epoch_accuracy curves. Per-step curves: the monitor.
                 keras.callbacks.TensorBoard(os.path.join(staging, "logs"),
-                                            update_freq=50),
+                                            update_freq="epoch"),
             ],
             verbose=verbose,
         )
@@ -313,6 +324,8 @@ def train(config, verbose=1):
         with open(os.path.join(staging, "classification_report.txt"), "w") as f:
             f.write(test["classification_report"])
         model.save(os.path.join(staging, "model.keras"))
+        report.write_report(staging, run_config, metrics, history.history,
+                            scalars=monitor.scalars, diagnosis=monitor.diagnosis)
     except BaseException:
         # Partial results stay in <out>.partial for inspection; <out> is untouched.
         log(f"Run failed; partial results kept in {staging}", file=sys.stderr)

@@ -1,0 +1,359 @@
+"""Which layer overflows float16: one batch through per-layer probes.
+
+    result = diagnose(model, train_ds)          # a dict, JSON-ready
+    print(summary(result))                      # "Pin to float32: ..."
+    pin_float32(model, result["suggested_float32_layers"])
+
+For every leaf layer the diagnosis records, against float16's largest finite value
+(65504): the largest absolute activation, the largest absolute gradient of the
+(scaled) loss with respect to that activation, and the share of non-zero values that
+fall below float16's smallest subnormal (2**-24) and so flush to zero. Magnitudes
+come from a float32 copy of the model (the values float16 would have to hold); the
+first non-finite layer comes from the model as it is. Layers without headroom are
+suggested for float32 pins, which `pin_float32` (or `tfmp train --float32-layers`)
+applies without touching model code. Also `tfmp diagnose`.
+"""
+
+import json
+import re
+
+import keras
+import numpy as np
+
+from tfmp.errors import UserError
+
+FLOAT16_MAX = 65504.0
+FLOAT16_TINY = 2.0**-24  # smallest float16 subnormal; anything smaller becomes 0
+# A layer is suggested for float32 when its activations come within this factor of
+# FLOAT16_MAX: one batch is a sample, and the next may be larger.
+DEFAULT_MARGIN = 4.0
+
+
+def layer_paths(model):
+    """[(path, layer)] for every layer under `model`, depth first, "parent/child" names.
+
+    Built from the layer tree rather than `layer.path`, which keras-hub's layers
+    (created outside a name scope) leave unset or unqualified.
+    """
+    out, seen = [], set()
+
+    def visit(layer, prefix):
+        for child in layer._flatten_layers(include_self=False, recursive=False):
+            if id(child) in seen:  # a functional model's inputs are also its backbone's
+                continue
+            seen.add(id(child))
+            name = _stable_name(child)
+            path = f"{prefix}/{name}" if prefix else name
+            out.append((path, child))
+            visit(child, path)
+
+    visit(model, "")
+    return out
+
+
+def _stable_name(layer):
+    # Keras names a second BertBackbone in a process "bert_backbone_1": drop such an
+    # auto-generated suffix from nested models so pins mean the same in every run.
+    auto = re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower()
+    if isinstance(layer, keras.Model) and re.fullmatch(rf"{auto}(_\d+)?", layer.name):
+        return auto
+    return layer.name
+
+
+def _leaf_layers(model):
+    """[(path, layer)] of the layers that hold no other layers."""
+    return [(p, l) for p, l in layer_paths(model)
+            if not l._flatten_layers(include_self=False, recursive=False)]
+
+
+def _first_batch(model, data):
+    """(x, y) of one preprocessed batch from a `tf.data.Dataset` or an (x, y) pair."""
+    if hasattr(data, "take"):
+        data = next(iter(data.take(1)))
+    x, y, _ = keras.utils.unpack_x_y_sample_weight(tuple(data) if isinstance(data, list)
+                                                     else data)
+    if getattr(model, "preprocessor", None) is not None:
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(model.preprocess_samples(x, y))
+    return x, y
+
+
+def _loss_fn(model):
+    loss = getattr(model, "loss", None)
+    if loss is None:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    return keras.losses.get(loss) if isinstance(loss, str) else loss
+
+
+def _loss_scale(model, policy_name):
+    opt = getattr(model, "optimizer", None)
+    if opt is not None and hasattr(opt, "dynamic_scale"):
+        return float(keras.ops.convert_to_numpy(opt.dynamic_scale)) if opt.built \
+            else float(opt.initial_scale)
+    # What tfmp's LossScaleOptimizer starts at; nothing is scaled otherwise.
+    return 2.0**15 if policy_name == "mixed_float16" else 1.0
+
+
+def _run_probed(model, x, y, loss_fn, scale):
+    """Per leaf layer (execution order): lists of its output and output-gradient arrays."""
+    import tensorflow as tf
+
+    leaves = [l for _, l in _leaf_layers(model)]
+    records = []  # (leaf index, output tensor)
+    index = {id(l): i for i, l in enumerate(leaves)}
+
+    def probe(layer, call):
+        def probed(*args, **kwargs):
+            outputs = call(*args, **kwargs)
+            for t in tf.nest.flatten(outputs):
+                if tf.is_tensor(t) and t.dtype.is_floating:
+                    records.append((index[id(layer)], t))
+            return outputs
+        return probed
+
+    for layer in leaves:
+        # An instance attribute shadows the class's `call` for this layer only;
+        # object.__setattr__ keeps Keras' attribute tracking out of it.
+        object.__setattr__(layer, "call", probe(layer, layer.call))
+    try:
+        with tf.GradientTape() as tape:
+            logits = model(x, training=False)
+            # A loss function (not a Loss object) returns one value per example.
+            loss = tf.reduce_mean(loss_fn(y, tf.cast(logits, "float32"))) * scale
+        grads = tape.gradient(loss, [t for _, t in records],
+                              unconnected_gradients=tf.UnconnectedGradients.NONE)
+    finally:
+        for layer in leaves:
+            object.__delattr__(layer, "call")
+    per_layer = [([], []) for _ in leaves]
+    for (i, t), g in zip(records, grads):
+        per_layer[i][0].append(np.asarray(t, dtype=np.float32))
+        if g is not None:
+            per_layer[i][1].append(np.asarray(g, dtype=np.float32))
+    return leaves, per_layer, float(loss)
+
+
+def _stats(arrays):
+    if not arrays:
+        return None, 0.0, False
+    flat = np.concatenate([a.ravel() for a in arrays])
+    finite = flat[np.isfinite(flat)]
+    peak = float(np.abs(finite).max()) if finite.size else float("inf")
+    nonzero = np.abs(finite[finite != 0])
+    under = float(np.mean(nonzero < FLOAT16_TINY)) if nonzero.size else 0.0
+    return peak, under, bool(finite.size < flat.size)
+
+
+def _float32_copy(model):
+    from tfmp import models, precision
+
+    if isinstance(model, models.BertClassifier):
+        return models.rebuild_float32(model)
+
+    def clone_layer(layer):
+        return layer.__class__.from_config(dict(layer.get_config(), dtype="float32"))
+
+    with precision.policy_scope("float32"):
+        clone = keras.models.clone_model(model, clone_function=clone_layer)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN):
+    """Runs one batch of `data` through `model` with per-layer probes.
+
+    Args:
+        model: a built `keras.Model` (a tfmp `BertClassifier` or any functional model).
+        data: a `tf.data.Dataset` of (x, y) batches (its first batch is used) or an
+            (x, y) pair; raw strings are fine when the model has a preprocessor.
+        loss_fn: loss(y, logits); default the compiled loss, else sparse CE on logits.
+        loss_scale: float. Gradients are of the loss times this (default: the
+            optimizer's current scale under float16, else 1), as in training.
+        margin: float. Suggest a float32 pin when a value comes within this factor
+            of 65504.
+
+    Returns:
+        A dict: "policy", "loss_scale", "loss", "layers" (per leaf layer, in
+        execution order: path, class, compute_dtype, max_abs_activation,
+        max_abs_gradient, activation_underflow_share, gradient_underflow_share,
+        headroom, nonfinite_activation, nonfinite_gradient), "first_nonfinite_layer",
+        "suggested_float32_layers".
+    """
+    policy_name = model.dtype_policy.name
+    x, y = _first_batch(model, data)
+    loss_fn = loss_fn or _loss_fn(model)
+    scale = float(loss_scale) if loss_scale is not None else _loss_scale(model, policy_name)
+    paths = {id(l): p for p, l in _leaf_layers(model)}
+    leaves, actual, loss = _run_probed(model, x, y, loss_fn, scale)
+    reference = actual
+    if model.compute_dtype != "float32":
+        copy = _float32_copy(model)
+        ref_leaves, ref, _ = _run_probed(copy, x, y, loss_fn, scale)
+        if [type(l) for l in ref_leaves] == [type(l) for l in leaves]:
+            reference = ref
+    layers, first_nonfinite, suggested = [], None, []
+    for layer, (acts, grads), (ref_acts, ref_grads) in zip(leaves, actual, reference):
+        if not acts:
+            continue  # not called on this path (e.g. the preprocessor's layers)
+        max_act, act_under, _ = _stats(ref_acts)
+        max_grad, grad_under, _ = _stats(ref_grads)
+        nonfinite_act, nonfinite_grad = _stats(acts)[2], _stats(grads)[2]
+        # Gradients are rescued by a smaller loss scale; only their unscaled size is
+        # the layer's problem.
+        unscaled_grad = (max_grad or 0.0) / scale
+        peak = max(max_act or 0.0, unscaled_grad)
+        entry = {
+            "path": paths[id(layer)],
+            "class": type(layer).__name__,
+            "compute_dtype": layer.compute_dtype,
+            "max_abs_activation": max_act,
+            "max_abs_gradient": max_grad,
+            "activation_underflow_share": act_under,
+            "gradient_underflow_share": grad_under,
+            "headroom": FLOAT16_MAX / peak if peak else None,
+            "nonfinite_activation": nonfinite_act,
+            "nonfinite_gradient": nonfinite_grad,
+        }
+        layers.append(entry)
+    # Forward first: an overflowing activation makes every gradient before it
+    # non-finite too. Gradients alone go wrong from the loss backwards.
+    forward = [e for e in layers if e["nonfinite_activation"]]
+    backward = [e for e in reversed(layers) if e["nonfinite_gradient"]]
+    first_nonfinite = (forward or backward or [{"path": None}])[0]["path"]
+    for e in layers:
+        peak = max(e["max_abs_activation"] or 0.0, (e["max_abs_gradient"] or 0.0) / scale)
+        culprit = e["nonfinite_activation"] or (not forward and e["path"] == first_nonfinite)
+        if e["compute_dtype"] == "float16" and (culprit or peak * margin >= FLOAT16_MAX):
+            suggested.append(e["path"])
+    return {
+        "policy": policy_name,
+        "loss_scale": scale,
+        "loss": loss / scale if scale else loss,
+        "float16_max": FLOAT16_MAX,
+        "margin": margin,
+        "layers": layers,
+        "first_nonfinite_layer": first_nonfinite,
+        "suggested_float32_layers": suggested,
+    }
+
+
+def summary(result):
+    """One paragraph: where values became non-finite and what to pin."""
+    parts = []
+    if result["first_nonfinite_layer"]:
+        parts.append(f"Values first became non-finite in {result['first_nonfinite_layer']}.")
+    if result["suggested_float32_layers"]:
+        parts.append(
+            "Pin to float32 (less than "
+            f"{result['margin']:g}x headroom below 65504): "
+            + ", ".join(result["suggested_float32_layers"]) + ".")
+    else:
+        parts.append("Every float16 layer has headroom; no float32 pins needed.")
+    return " ".join(parts)
+
+
+def format_table(result):
+    w = max([len(e["path"]) for e in result["layers"]] + [5])
+    rows = [(f"{'layer':<{w}} {'max|act|':>10} {'max|grad|':>10} {'act<2^-24':>9} "
+            f"{'headroom':>9} nonfinite")]
+    for e in result["layers"]:
+        fmt = lambda v: "-" if v is None else f"{v:10.3g}"
+        rows.append(f"{e['path']:<{w}} {fmt(e['max_abs_activation'])} "
+                    f"{fmt(e['max_abs_gradient'])} {e['activation_underflow_share']:9.2%} "
+                    f"{'-' if e['headroom'] is None else format(e['headroom'], '9.3g'):>9} "
+                    f"{'activation ' if e['nonfinite_activation'] else ''}"
+                    f"{'gradient' if e['nonfinite_gradient'] else ''}")
+    return "\n".join(rows)
+
+
+def _matches(pattern, path):
+    # Exact path, a parent path (pins everything under it), or a regex on the path.
+    return (path == pattern or path.startswith(pattern + "/")
+            or re.fullmatch(pattern, path) is not None)
+
+
+def pin_float32(model, patterns):
+    """Sets the layers of `model` matching `patterns` to compute in float32.
+
+    Variables are float32 under every mixed policy, so changing a built layer's
+    compute dtype is exact: its inputs are cast to float32 when it is called and the
+    next float16 layer casts its output back. Saved models keep the pins.
+
+    Args:
+        model: a built `keras.Model`.
+        patterns: iterable of str: layer paths (as in `diagnose`'s report), parent
+            paths, or regular expressions matched against the whole path.
+
+    Returns:
+        The paths of the layers pinned.
+
+    Raises:
+        UserError if a pattern matches no layer.
+    """
+    layers = layer_paths(model)
+    pinned = []
+    for pattern in patterns:
+        hits = [(p, l) for p, l in layers if _matches(pattern, p)]
+        if not hits:
+            raise UserError(
+                f"--float32-layers: {pattern!r} matches no layer of {model.name}. Use a "
+                "path printed by `tfmp diagnose`, e.g. "
+                f"{layers[-1][0] if layers else '<layer path>'!r}.")
+        for path, layer in hits:
+            if layer.compute_dtype != "float32":
+                layer.dtype_policy = keras.DTypePolicy("float32")
+                pinned.append(path)
+    return pinned
+
+
+def add_cli(subparsers):
+    from tfmp.precision import CHOICES
+    from tfmp.train import TrainConfig
+
+    d = TrainConfig()
+    p = subparsers.add_parser(
+        "diagnose", help="find the layers that overflow float16",
+        description="Run one training batch with per-layer probes and report each "
+        "layer's largest activation and gradient against float16's 65504, its "
+        "underflow share, the first non-finite layer, and float32 pins to use.")
+    p.add_argument("--data", default=d.data, help="airline, tweets, or a data file")
+    p.add_argument("--text-column")
+    p.add_argument("--label-column")
+    p.add_argument("--model", help="Hugging Face BERT checkpoint directory")
+    p.add_argument("--policy", default="mixed_float16", choices=CHOICES)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--loss-scale", type=float, default=d.initial_loss_scale,
+                   help="scale the loss as training would (default: %(default)g)")
+    p.add_argument("--float32-layers", default="",
+                   help="comma-separated pins to apply first (to check they help)")
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
+    p.add_argument("--json", help="also write the full result to this file")
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args):
+    from tfmp import data as tfmp_data
+    from tfmp import models, precision
+    from tfmp.train import TrainConfig, prepare_data
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    config = TrainConfig(data=args.data, text_column=args.text_column,
+                         label_column=args.label_column, model=args.model,
+                         policy=args.policy, seq_len=args.seq_len)
+    policy = precision.resolve(config.policy)
+    _, label_map, splits = prepare_data(config)
+    model = models.load_classifier(config.model, num_classes=label_map.num_classes,
+                                   sequence_length=config.seq_len, policy=policy)
+    pins = [s.strip() for s in args.float32_layers.split(",") if s.strip()]
+    if pins:
+        pin_float32(model, pins)
+    ds = tfmp_data.make_dataset(splits.train, None, args.batch_size)
+    result = diagnose(model, ds, loss_scale=args.loss_scale if policy.loss_scaling else 1.0,
+                      margin=args.margin)
+    print(format_table(result))
+    print(summary(result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return 0

@@ -1,0 +1,71 @@
+"""The parity gate: how close each exported variant must stay to the Keras model.
+
+    failures = check_gate("tflite_int8", row, GATES["tflite_int8"], fp32_size)
+
+`row` holds a variant's measurements on the evaluation split (argmax agreement with
+the float32 Keras model, largest probability difference, accuracy drop, file size);
+`check_gate` adds the gate and its verdict to it and returns the failures in words.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from tfmp.errors import UserError
+
+# Under this tflite_fp32 size the flatbuffer's graph, not its weights, sets the file
+# size, so a size ratio says nothing about quantization and is not gated.
+SIZE_GATE_MIN_BYTES = 1 << 20
+
+
+class ExportGateError(UserError):
+    """A variant disagrees with the Keras model more than its gate allows."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Gate:
+    """What a variant must meet against the Keras model on the evaluation split."""
+
+    min_agreement: float  # share of examples with the same argmax
+    max_probability_difference: float | None = None  # largest |p - p_keras|
+    max_accuracy_drop: float | None = None  # accuracy points (as a fraction) lost
+    max_size_ratio: float | None = None  # file size / tflite_fp32 file size
+
+
+GATES = {
+    # Same float32 graph as Keras, so only summation order may differ.
+    "savedmodel_fp32": Gate(min_agreement=1.0, max_probability_difference=1e-5),
+    "savedmodel_fp16": Gate(min_agreement=0.995),
+    "tflite_fp32": Gate(min_agreement=0.999),
+    "tflite_fp16": Gate(min_agreement=0.995, max_size_ratio=0.52),
+    "tflite_int8": Gate(min_agreement=0.98, max_accuracy_drop=0.01, max_size_ratio=0.30),
+    # A weight copy read back with keras-hub: lossless.
+    "hf": Gate(min_agreement=1.0, max_probability_difference=1e-5),
+}
+
+
+
+def check_gate(name, row, gate, fp32_size):
+    """Fills `row` with the gate and returns the list of its failures in words."""
+    failures = []
+    if not np.isfinite(row["max_probability_difference"]):
+        failures.append("non-finite probabilities")
+    # Written as `not (x <= bound)` so that a NaN fails.
+    if not row["argmax_agreement"] >= gate.min_agreement:
+        failures.append(f"argmax agreement {row['argmax_agreement']:.4f} < {gate.min_agreement}")
+    if (gate.max_probability_difference is not None
+            and not row["max_probability_difference"] <= gate.max_probability_difference):
+        failures.append(f"max probability difference {row['max_probability_difference']:.2e} "
+                        f"> {gate.max_probability_difference:.0e}")
+    if gate.max_accuracy_drop is not None and not row["accuracy_drop"] <= gate.max_accuracy_drop:
+        failures.append(f"accuracy {row['accuracy_drop'] * 100:.2f} points below Keras "
+                        f"(at most {gate.max_accuracy_drop * 100:.2f} allowed)")
+    if gate.max_size_ratio is not None:
+        row["size_ratio"] = row["size_bytes"] / fp32_size
+        if fp32_size < SIZE_GATE_MIN_BYTES:
+            row["size_gate"] = f"not applied: tflite_fp32 is under {SIZE_GATE_MIN_BYTES} bytes"
+        elif row["size_ratio"] > gate.max_size_ratio:
+            failures.append(f"size {row['size_ratio']:.3f}x tflite_fp32 > {gate.max_size_ratio}x")
+    row["gate"] = dataclasses.asdict(gate)
+    row["passed"] = not failures
+    return [f"{name}: {f}" for f in failures]

@@ -1,0 +1,103 @@
+"""A float32 classifier as TFLite flatbuffers, and a runner for them.
+
+    write_tflite(classifier, {"fp32": "tflite/model_fp32.tflite", "int8": "tflite/model_int8.tflite"})
+    probabilities = TFLiteClassifier("tflite/model_int8.tflite").predict(features)
+
+Inputs are `token_ids`, `padding_mask`, `segment_ids` (int32 [batch, seq_len], the
+preprocessor's output: TFLite has no tensorflow-text ops, so the app tokenizes with
+the `vocab.txt` beside the model); the output is `probabilities` (float32
+[batch, num_classes]). The batch dimension is dynamic; the sequence length is fixed
+to the one the model was trained with.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from tfmp.export_serving import TOKEN_KEYS, token_specs
+
+# Weight storage of each TFLite variant. Compute stays float32 in all three on CPU:
+# float16 weights are dequantized on load, int8 weights (dynamic range) are
+# dequantized per op, with activations quantized on the fly where a kernel allows.
+QUANTIZATIONS = ("fp32", "fp16", "int8")
+
+
+def _concrete_function(classifier):
+    sequence_length = classifier.preprocessor.sequence_length
+
+    @tf.function(input_signature=[token_specs(sequence_length)])
+    def probabilities(features):
+        logits = classifier(features, training=False)
+        return {"probabilities": tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)}
+
+    return probabilities.get_concrete_function()
+
+
+def write_tflite(classifier, paths):
+    """Writes `{quantization: path}` .tflite files of `classifier` (built under float32)."""
+    unknown = sorted(set(paths) - set(QUANTIZATIONS))
+    if unknown:
+        raise ValueError(f"quantizations must be in {QUANTIZATIONS}, got {unknown}")
+    concrete = _concrete_function(classifier)
+    # The converter freezes the variables its trackable object holds. These must be
+    # the tf.Variables the function reads, not the Keras 3 variables wrapping them:
+    # with the wrappers (or the model) as the trackable, TF 2.21 leaves
+    # VAR_HANDLE/READ_VARIABLE ops without values and the interpreter returns NaN.
+    variables = tf.Module()
+    variables.captured = list(concrete.variables)
+    for quantization, path in paths.items():
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], variables)
+        if quantization == "fp16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantization == "int8":
+            # Dynamic range: int8 weights, no representative dataset needed.
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        with open(path, "wb") as f:
+            f.write(converter.convert())
+    return paths
+
+
+class TFLiteClassifier:
+    """Runs an exported `.tflite` file with ai-edge-litert's interpreter.
+
+    Args:
+        path: str. The `.tflite` file.
+        num_threads: int or None. Interpreter threads (None: the runtime's default).
+    """
+
+    def __init__(self, path, num_threads=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._interpreter = Interpreter(model_path=path, num_threads=num_threads)
+        self._inputs = {}
+        for detail in self._interpreter.get_input_details():
+            key = next((k for k in TOKEN_KEYS if k in detail["name"]), None)
+            if key is None:
+                raise ValueError(f"{path}: unexpected input {detail['name']!r}")
+            self._inputs[key] = detail
+        self._output = self._interpreter.get_output_details()[0]
+        self._batch = None
+
+    def _resize(self, batch):
+        if batch == self._batch:
+            return
+        for detail in self._inputs.values():
+            self._interpreter.resize_tensor_input(
+                detail["index"], [batch, detail["shape_signature"][1]]
+            )
+        self._interpreter.allocate_tensors()
+        self._batch = batch
+
+    def predict(self, features, batch_size=32):
+        """float32 [n, num_classes] probabilities of int32 [n, seq_len] token arrays."""
+        n = len(features["token_ids"])
+        outputs = []
+        for start in range(0, n, batch_size):
+            chunk = {k: np.asarray(features[k][start:start + batch_size], np.int32)
+                     for k in TOKEN_KEYS}
+            self._resize(len(chunk["token_ids"]))
+            for key, detail in self._inputs.items():
+                self._interpreter.set_tensor(detail["index"], chunk[key])
+            self._interpreter.invoke()
+            outputs.append(self._interpreter.get_tensor(self._output["index"]).copy())
+        return np.concatenate(outputs)
