@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make demo   set up .venv, fine-tune all-MiniLM-L6-v2 on the airline tweets, report
+#   make demo   set up .venv, fine-tune all-MiniLM-L6-v2 on the airline tweets, report, export
 #   make test   set up .venv, run the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -24,6 +24,7 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml
 
 demo: setup
 	$(VENV)/bin/tfmp train $(DEMO_ARGS) --out $(RUN) --overwrite
+	$(VENV)/bin/tfmp export $(RUN) --overwrite
 
 full: setup
 	$(VENV)/bin/tfmp train --data airline --policy mixed_bfloat16 --epochs 3 --out runs/full --overwrite
