@@ -8,6 +8,7 @@ collapsed, or when the loss is NaN under a policy without loss scaling (where a 
 is not skipped and would silently wreck the weights).
 """
 
+import collections
 import json
 import logging
 import math
@@ -26,11 +27,18 @@ class LossScaleGuard(keras.callbacks.Callback):
     Args:
         check_every: int. Check the loss scale every this many batches (reading it
             costs a device-to-host copy).
+        skip_window: int. Steps over which the skip rate is measured.
+        max_skip_share: float. Stop when more than this share of the last
+            `skip_window` steps were skipped for float16 overflow: the scale is not
+            recovering, and each skip delays the learning-rate schedule.
     """
 
-    def __init__(self, check_every=1):
+    def __init__(self, check_every=1, skip_window=100, max_skip_share=0.5):
         super().__init__()
         self.check_every = max(int(check_every), 1)
+        self.skip_window = max(int(skip_window), 1)
+        self.max_skip_share = float(max_skip_share)
+        self._skips = collections.deque()  # (global step, skipped steps so far)
 
     def on_train_batch_end(self, batch, logs=None):
         if batch % self.check_every:
@@ -38,6 +46,7 @@ class LossScaleGuard(keras.callbacks.Callback):
         optimizer = self.model.optimizer
         if hasattr(optimizer, "check_scale"):
             optimizer.check_scale()
+            self._check_skip_rate(optimizer)
         elif logs and "loss" in logs and not math.isfinite(float(logs["loss"])):
             # Without a loss scale nothing skips a non-finite step: the weights are
             # already NaN, so going on only wastes time.
@@ -45,6 +54,29 @@ class LossScaleGuard(keras.callbacks.Callback):
                 f"The training loss became {logs['loss']} at batch {batch} under "
                 f"{self.model.dtype_policy.name}. Try a lower learning rate (--lr), "
                 "gradient clipping, or check the input data."
+            )
+
+
+    def _check_skip_rate(self, optimizer):
+        if not optimizer.built:
+            return
+        skipped = int(_number(optimizer.skipped_steps))
+        step = int(_number(optimizer.iterations)) + skipped
+        self._skips.append((step, skipped))
+        while self._skips and self._skips[0][0] < step - self.skip_window:
+            self._skips.popleft()
+        first_step, first_skipped = self._skips[0]
+        if step - first_step < self.skip_window:
+            return  # not a full window yet
+        share = (skipped - first_skipped) / (step - first_step)
+        if share > self.max_skip_share:
+            raise TrainingStopped(
+                f"{skipped - first_skipped} of the last {step - first_step} steps (up to "
+                f"step {step}) were skipped for float16 overflow, more than "
+                f"{self.max_skip_share:.0%}; loss scale now "
+                f"{float(_number(optimizer.dynamic_scale)):g}. Try --policy mixed_bfloat16 "
+                "(or float32), pin the overflowing layers to float32 (--float32-layers, "
+                "from `tfmp diagnose`), or a lower learning rate (--lr)."
             )
 
 
@@ -91,11 +123,15 @@ class TrainingMonitor(keras.callbacks.Callback):
             first overflow runs `tfmp.diagnose.diagnose` on one batch of it; the
             result is `self.diagnosis` and `<log_dir>/diagnosis.json`.
         subdir: str. Run name under `log_dir` (Keras' callback uses "train").
+        planned_steps: int or None. Steps in the whole run; None: Keras' steps x
+            epochs of the current `fit`, which is short when a run calls `fit` once
+            per epoch (as `tfmp.train` does, to resume at an exact batch).
     """
 
     def __init__(self, log_dir, update_freq=50, batch_size=None, skip_warning_share=0.05,
-                 diagnose_data=None, subdir="train"):
+                 diagnose_data=None, subdir="train", planned_steps=None):
         super().__init__()
+        self.planned_steps = planned_steps
         self.log_dir = str(log_dir)
         self.update_freq = max(int(update_freq), 1)
         self.batch_size = batch_size
@@ -276,6 +312,8 @@ class TrainingMonitor(keras.callbacks.Callback):
         return values
 
     def _planned_steps(self):
+        if self.planned_steps:
+            return self.planned_steps
         params = self.params or {}
         if params.get("steps") and params.get("epochs"):
             return params["steps"] * params["epochs"]

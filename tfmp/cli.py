@@ -2,7 +2,8 @@
 
 Exit status: 0 on success, 2 for bad usage or bad input (message on stderr, no
 traceback), 1 for an internal failure, 3 when training was stopped on purpose
-(collapsed loss scale, NaN loss).
+(collapsed loss scale, skip rate, NaN loss), 130 when interrupted (Ctrl-C) after
+saving a checkpoint.
 """
 
 import argparse
@@ -46,7 +47,14 @@ def _add_train(sub):
     p.add_argument("--test-fraction", type=float, default=d.test_fraction)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--min-loss-scale", type=float, default=d.min_loss_scale)
-    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="optimizer steps between checkpoints, besides each epoch end; "
+                   "0: epoch ends only (default: %(default)s)")
+    p.add_argument("--out", help="run directory to write (required unless --resume)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the interrupted run in RUN_DIR (its --out, or "
+                   "RUN_DIR.partial) from its newest checkpoint; other flags may only "
+                   "change what does not alter the result")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
@@ -64,7 +72,26 @@ def _run_train(args):
             s.strip() for s in args.float32_layers.split(",") if s.strip())
     if args.clipnorm == 0:
         values["clipnorm"] = None
-    result = train(TrainConfig(**values), verbose=0 if args.quiet else 1)
+    verbose = 0 if args.quiet else 1
+    if args.resume:
+        import dataclasses
+
+        from tfmp.train import resume_point
+
+        # Flags left at their defaults take the checkpoint's values; any other flag
+        # must agree with it where it changes the result (train() checks).
+        defaults = TrainConfig()
+        given = {k: v for k, v in values.items() if v != getattr(defaults, k)}
+        saved = resume_point(args.resume)[3]
+        given.pop("out", None)
+        result = train(dataclasses.replace(saved, **given), verbose=verbose,
+                       resume=args.resume)
+    elif not args.out:
+        from tfmp.errors import UserError
+
+        raise UserError("--out is required (the run directory to write), unless --resume.")
+    else:
+        result = train(TrainConfig(**values), verbose=verbose)
     m = result.metrics
     print(f"test accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
           f"majority class {m['majority_class_share']:.4f}  -> {result.run_dir}")
@@ -106,6 +133,7 @@ def main(argv=None):
         print(f"tfmp {args.command}: training stopped: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
+        # train() has saved a checkpoint and said how to resume.
         print(f"tfmp {args.command}: interrupted", file=sys.stderr)
         return 130
 

@@ -8,6 +8,12 @@ The CLI (`tfmp train`), the notebooks and this API all build the same `TrainConf
 Inputs are validated (policy, data, labels, splits, model directory) before anything
 is written; the run is assembled in `<out>.partial/` and renamed to `<out>` only
 when it is complete, so a failed run never leaves a directory that looks finished.
+
+While it trains, `<out>.partial/checkpoints/` holds the newest two checkpoints
+(`tfmp.checkpoint`); a run killed at any moment continues with
+`train(resume="runs/demo")` (`tfmp train --resume runs/demo`) and ends with exactly
+the model an uninterrupted run would have produced. Each epoch's batch order is a
+fixed function of (seed, epoch), so a resumed epoch skips exactly the batches done.
 """
 
 import dataclasses
@@ -24,8 +30,8 @@ import keras
 import numpy as np
 
 from tfmp import callbacks as tfmp_callbacks
-from tfmp import data, models, optimizer, precision, report
-from tfmp.errors import UserError
+from tfmp import checkpoint, data, models, optimizer, precision, report
+from tfmp.errors import TrainingStopped, UserError
 
 
 @dataclasses.dataclass
@@ -61,6 +67,13 @@ class TrainConfig:
     initial_loss_scale: float = 2.0**15
     dynamic_growth_steps: int = 2000
     min_loss_scale: float = 1.0  # below this, training stops with an error
+    # Skip-rate guard (mixed_float16 only): stop when more than this share of the last
+    # `skip_window` steps overflowed; a healthy run skips a handful in thousands.
+    skip_window: int = 100
+    max_skip_share: float = 0.5
+    # Checkpoint every this many optimizer steps (and at every epoch end); 0: epoch
+    # ends only. A MiniLM checkpoint (weights + AdamW slots) is ~270 MB and ~1 s.
+    checkpoint_every: int = 500
     out: str = "runs/run"
     overwrite: bool = False  # replace an existing run directory
 
@@ -91,6 +104,8 @@ class TrainConfig:
             (0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}."),
             (self.max_train_examples is None or self.max_train_examples >= 1,
              f"--max-train-examples must be at least 1, got {self.max_train_examples}."),
+            (self.checkpoint_every >= 0,
+             f"--checkpoint-every must be 0 or more, got {self.checkpoint_every}."),
             (self.on_decode_error in ("replace", "strict"),
              f"--on-decode-error must be 'replace' or 'strict', got {self.on_decode_error!r}."),
         ]
@@ -220,18 +235,81 @@ def _write_json(path, obj):
         f.write("\n")
 
 
-def train(config, verbose=1):
-    """Runs one fine-tune and writes its run directory. Returns a `RunResult`."""
+def resume_point(run_dir):
+    """(staging dir, checkpoint path, checkpoint state, saved `TrainConfig`) of a run to resume.
+
+    `run_dir` is the `--out` of an interrupted run or its `<out>.partial`.
+    """
+    staging = checkpoint.staging_dir(run_dir)
+    root = os.path.join(staging, "checkpoints")
+    found = checkpoint.find_latest(root)
+    if found is None:
+        raise UserError(f"'{root}' holds no intact checkpoint, so there is nothing to resume. "
+                        "Start the run again without --resume (with --overwrite).")
+    path, state = found
+    return staging, path, state, TrainConfig.from_json(state["config"])
+
+
+def _epoch_dataset(split, batch_size, seed, epoch, skip=0):
+    """The batches of `epoch`, minus the first `skip`.
+
+    The order is a fixed function of (seed, epoch), not of how many times a dataset
+    was iterated (as `shuffle(reshuffle_each_iteration=True)` is), so a resumed run
+    trains on exactly the batches the interrupted one had not reached.
+    """
+    order = np.random.default_rng([seed & 0xFFFFFFFF, epoch]).permutation(len(split))
+    shuffled = data.Split([split.texts[i] for i in order], split.label_ids[order])
+    return data.make_dataset(shuffled, None, batch_size).skip(skip)
+
+
+def _weights_finite(model):
+    return all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def train(config=None, verbose=1, resume=None):
+    """Runs one fine-tune and writes its run directory. Returns a `RunResult`.
+
+    Args:
+        config: `TrainConfig` (or its JSON dict). With `resume`, None means the
+            config saved in the checkpoint; a given one must match it in every field
+            that changes the result (see `tfmp.checkpoint.RESUMABLE_FIELDS`).
+        verbose: 0 or 1.
+        resume: None, or the `--out` (or `<out>.partial`) of an interrupted run: it
+            continues from its newest intact checkpoint and ends where an
+            uninterrupted run would have.
+    """
     if isinstance(config, dict):
         config = TrainConfig.from_json(config)
-    config.validate()
     log = print if verbose else (lambda *a, **k: None)
+    ckpt = None
+    if resume is not None:
+        staging, ckpt_path, ckpt_state, saved = resume_point(resume)
+        if config is not None:
+            diffs = checkpoint.config_differences(saved, config)
+            if diffs:
+                raise UserError(
+                    f"Cannot resume '{staging}': the config differs from the checkpoint's in "
+                    f"what changes the result ({'; '.join(diffs)}). Resume without those "
+                    "flags, or start a new run with another --out.")
+        config = dataclasses.replace(config or saved, out=staging[:-len(".partial")])
+        ckpt = (ckpt_path, ckpt_state)
+    elif config is None:
+        raise UserError("train() needs a TrainConfig, or resume=RUN_DIR.")
+    config.validate()
 
     # --- Validate everything before writing anything. ---
     policy = precision.resolve(config.policy, float32_layers=config.float32_layers)
     log(f"Precision policy: {policy.name} ({policy.reason})")
-    out = _check_out_dir(config)
+    out = os.path.abspath(config.out) if ckpt else _check_out_dir(config)
+    data_sha = checkpoint.file_fingerprint(config.data)
+    if ckpt and ckpt[1].get("data_sha256") != data_sha:
+        raise UserError(f"Cannot resume '{out}': the data file '{config.data}' changed since "
+                        "the checkpoint was written. Restore it, or start a new run.")
     examples, label_map, splits = prepare_data(config)
+    if len(splits.train) < config.batch_size:
+        raise UserError(
+            f"{examples.source}: the training split has {len(splits.train)} examples, fewer "
+            f"than one batch of {config.batch_size}. Lower --batch-size or add examples.")
     model_dir = config.model or models.default_model_dir()
     keras.utils.set_random_seed(config.seed)
     model = models.load_classifier(
@@ -247,8 +325,6 @@ def train(config, verbose=1):
         f"{len(splits.test)}; {long_texts} training texts truncated to {config.seq_len} tokens."
     )
 
-    train_ds = data.make_dataset(splits.train, None, config.batch_size,
-                                 shuffle=True, seed=config.seed)
     val_ds = (data.make_dataset(splits.validation, None, 64)
               if len(splits.validation) else None)
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
@@ -259,30 +335,71 @@ def train(config, verbose=1):
 
     # --- Train into <out>.partial, rename when complete. ---
     staging = out + ".partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
+    ckpt_root = os.path.join(staging, "checkpoints")
+    history = {}
+    if ckpt:
+        checkpoint.remove_temporaries(ckpt_root)
+        checkpoint.restore(model, *ckpt)
+        history = ckpt[1].get("history") or {}
+    else:
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+    start_step = checkpoint.global_step(model.optimizer)
+    position = checkpoint.Position.from_step(start_step, steps_per_epoch)
+    if ckpt:
+        log(f"Resuming from {ckpt[0]}: step {start_step} of {total_steps} (epoch "
+            f"{position.epoch + 1}, {position.batch} of {steps_per_epoch} batches done).")
+
+    def checkpoint_state(epoch_logs=None):
+        if epoch_logs:  # an epoch end: its metrics belong to the run's history
+            for k, v in epoch_logs.items():
+                history.setdefault(k, []).append(float(v))
+        step = checkpoint.global_step(model.optimizer)
+        return {"config": config.to_json(), "config_hash": checkpoint.config_hash(config),
+                "data_sha256": data_sha, "seed": config.seed, "policy": policy.name,
+                "steps_per_epoch": steps_per_epoch, "epoch": step // steps_per_epoch,
+                "batch_in_epoch": step % steps_per_epoch, "history": history}
+
     try:
         monitor = tfmp_callbacks.TrainingMonitor(
             os.path.join(staging, "logs"), update_freq=50, batch_size=config.batch_size,
-            diagnose_data=train_ds if policy.loss_scaling else None)
+            planned_steps=total_steps, diagnose_data=(_epoch_dataset(splits.train, config.batch_size, config.seed, 0)
+                           if policy.loss_scaling else None))
+        saver = checkpoint.CheckpointSaver(ckpt_root, config.checkpoint_every,
+                                           checkpoint_state)
+        fit_callbacks = [
+            monitor,  # before the guard: the step that stops training is logged
+            tfmp_callbacks.LossScaleGuard(skip_window=config.skip_window,
+                                          max_skip_share=config.max_skip_share),
+            saver,
+            # update_freq="epoch": with an integer, Keras 3.15 leaves its
+            # record_if(batch % update_freq == 0) in force at epoch end and drops
+            # the epoch_loss/epoch_accuracy curves. Per-step curves: the monitor.
+            keras.callbacks.TensorBoard(os.path.join(staging, "logs"), update_freq="epoch"),
+        ]
         start = time.perf_counter()
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=config.epochs,
-            shuffle=False,  # train_ds is shuffled by tf.data, seeded
-            callbacks=[
-                monitor,  # before the guard: the step that stops training is logged
-                tfmp_callbacks.LossScaleGuard(),
-                # update_freq="epoch": with an integer, Keras 3.15 leaves its
-                # record_if(batch % update_freq == 0) in force at epoch end and drops
-                # the epoch_loss/epoch_accuracy curves. Per-step curves: the monitor.
-                keras.callbacks.TensorBoard(os.path.join(staging, "logs"),
-                                            update_freq="epoch"),
-            ],
-            verbose=verbose,
-        )
+        try:
+            # One fit per epoch, each on that epoch's fixed batch order; a resumed
+            # epoch skips the batches already trained.
+            for epoch in range(position.epoch, config.epochs):
+                skip = position.batch if epoch == position.epoch else 0
+                model.fit(
+                    _epoch_dataset(splits.train, config.batch_size, config.seed, epoch, skip),
+                    validation_data=val_ds, initial_epoch=epoch, epochs=epoch + 1,
+                    shuffle=False, callbacks=fit_callbacks, verbose=verbose)
+        except KeyboardInterrupt:
+            path = saver.save()
+            print(f"\nInterrupted: checkpoint saved to {path}. Resume with: "
+                  f"tfmp train --resume {out}", file=sys.stderr)
+            raise
+        except TrainingStopped as e:
+            if _weights_finite(model):
+                note = f"A checkpoint was saved to {saver.save()}."
+            else:  # a NaN checkpoint would only resume into NaN
+                note = f"The weights are not finite, so none was saved; see {ckpt_root}."
+            raise TrainingStopped(f"{e} {note}") from e
         train_seconds = time.perf_counter() - start
+        trained_steps = checkpoint.global_step(model.optimizer) - start_step
         test = evaluate(model, splits.test, label_map)
         log(f"\nTest split ({test['examples']} examples, never trained on):\n"
             f"{test['classification_report']}"
@@ -294,9 +411,11 @@ def train(config, verbose=1):
             "accuracy": test["accuracy"],
             "macro_f1": test["macro_f1"],
             "majority_class_share": test["majority_class_share"],
-            "train_seconds": train_seconds,
-            "train_examples_per_second": len(splits.train) * config.epochs / train_seconds,
+            "train_seconds": train_seconds,  # of this process; a resumed run's remainder
+            "train_examples_per_second": trained_steps * config.batch_size
+            / max(train_seconds, 1e-9),
             "optimizer": state,
+            "resumed_from_step": start_step if ckpt else None,
         }
         run_config = {
             "config": config.to_json(),
@@ -320,22 +439,24 @@ def train(config, verbose=1):
         _write_json(os.path.join(staging, "config.json"), run_config)
         label_map.save(os.path.join(staging, "labels.json"))
         _write_json(os.path.join(staging, "metrics.json"), metrics)
-        _write_json(os.path.join(staging, "history.json"), history.history)
+        _write_json(os.path.join(staging, "history.json"), history)
         with open(os.path.join(staging, "classification_report.txt"), "w") as f:
             f.write(test["classification_report"])
         model.save(os.path.join(staging, "model.keras"))
-        report.write_report(staging, run_config, metrics, history.history,
+        report.write_report(staging, run_config, metrics, history,
                             scalars=monitor.scalars, diagnosis=monitor.diagnosis)
     except BaseException:
         # Partial results stay in <out>.partial for inspection; <out> is untouched.
         log(f"Run failed; partial results kept in {staging}", file=sys.stderr)
         raise
+    # The finished run has model.keras; its checkpoints (weights + slots) go.
+    shutil.rmtree(ckpt_root, ignore_errors=True)
     if os.path.exists(out):
         shutil.rmtree(out)
     os.replace(staging, out)
     log(f"Run directory: {out}")
     return RunResult(run_dir=out, policy=policy, metrics=metrics,
-                     history=history.history, model=model, label_map=label_map)
+                     history=history, model=model, label_map=label_map)
 
 
 def load_model(run_dir):

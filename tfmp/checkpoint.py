@@ -1,0 +1,339 @@
+"""Crash-safe training checkpoints: save every N steps and at epoch ends, resume exactly.
+
+    <out>.partial/checkpoints/
+        ckpt-000000012/  model.weights.h5  state.npz  state.json
+        ckpt-000000016/  ...
+        latest           "ckpt-000000016", written last
+
+A checkpoint is written into a temporary directory, every file fsynced, then renamed
+into place; the `latest` pointer is replaced (temp file, fsync, `os.replace`) only
+after that, and only then are checkpoints older than the newest `KEEP` removed. A
+crash at any moment therefore leaves the previous checkpoint whole. `state.json`
+records the size and SHA-256 of the other two files, so a truncated or corrupt
+checkpoint is detected on load and the one before it used, with a warning naming
+the bad file.
+
+`state.npz` holds what `save_weights` does not: every optimizer variable (slots,
+iterations, loss scale and its growth counter, skipped steps) and the model's
+`SeedGenerator` states (dropout), so a resumed run draws the same dropout masks.
+It is read with `allow_pickle=False`; file names inside `state.json` are checked
+to be plain names inside the checkpoint directory.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import warnings
+
+import keras
+import numpy as np
+
+from tfmp.errors import InputError
+
+KEEP = 2  # checkpoints kept: the newest, and one to fall back to if it is damaged
+POINTER = "latest"
+WEIGHTS = "model.weights.h5"
+ARRAYS = "state.npz"
+STATE = "state.json"
+_NAME = re.compile(r"^ckpt-(\d{9})$")
+
+# TrainConfig fields that do not change what a run computes: they may differ on resume.
+# Every other field (model, data, policy, batch size, sequence length, optimizer,
+# seeds, ...) must match, or the resumed run would not be the run that was started.
+RESUMABLE_FIELDS = frozenset({
+    "out", "overwrite", "min_loss_scale", "skip_window", "max_skip_share",
+    "checkpoint_every",
+})
+
+
+def result_fields(config):
+    """The `TrainConfig` fields (as JSON) that change the result of a run."""
+    d = config.to_json()
+    return {k: d[k] for k in sorted(d) if k not in RESUMABLE_FIELDS}
+
+
+def config_hash(config):
+    text = json.dumps(result_fields(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_differences(saved, given):
+    """Names and values of the result-changing fields where `given` differs from `saved`."""
+    a, b = result_fields(saved), result_fields(given)
+    return [f"{k}: {a[k]!r} in the checkpoint, {b.get(k)!r} now" for k in a if a[k] != b.get(k)]
+
+
+def file_fingerprint(path):
+    """SHA-256 of a data file (None for built-in datasets), to refuse a changed file."""
+    if not path or not os.path.isfile(path):
+        return None
+    return _sha256(path)
+
+
+def global_step(optimizer):
+    """Batches trained so far: applied updates plus skipped (overflowed) steps."""
+    iterations = int(keras.ops.convert_to_numpy(optimizer.iterations))
+    skipped = getattr(optimizer, "skipped_steps", None)
+    if skipped is None or not optimizer.built:
+        return iterations
+    return iterations + int(keras.ops.convert_to_numpy(skipped))
+
+
+def _extra_model_variables(model):
+    # SeedGenerator states: in `model.variables` but not in `model.weights`.
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_file(path):
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not supported on every platform/filesystem
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path, text):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+
+
+def save(root, model, state):
+    """Writes a checkpoint of `model` (weights, optimizer, seeds) and `state` under `root`.
+
+    Args:
+        root: str. The checkpoints directory.
+        model: a compiled `keras.Model`; its optimizer is built if it is not yet.
+        state: dict, JSON-serializable: epoch, batch position, config, history, ...
+            `global_step` is added from the optimizer.
+
+    Returns:
+        The path of the new checkpoint directory.
+    """
+    opt = model.optimizer
+    if not opt.built:
+        opt.build(model.trainable_variables)
+    step = global_step(opt)
+    os.makedirs(root, exist_ok=True)
+    name = f"ckpt-{step:09d}"
+    final = os.path.join(root, name)
+    tmp = os.path.join(root, f".tmp-{name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        model.save_weights(os.path.join(tmp, WEIGHTS))
+        opt_vars, extra = opt.variables, _extra_model_variables(model)
+        arrays = {f"opt_{i:05d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(opt_vars)}
+        arrays.update({f"seed_{i:05d}": keras.ops.convert_to_numpy(v)
+                       for i, v in enumerate(extra)})
+        with open(os.path.join(tmp, ARRAYS), "wb") as f:
+            np.savez(f, **arrays)
+        files = {}
+        for fname in (WEIGHTS, ARRAYS):
+            path = os.path.join(tmp, fname)
+            _fsync_file(path)
+            files[fname] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+        state = dict(state, global_step=step, files=files,
+                     optimizer_variables=[v.path for v in opt_vars],
+                     seed_variables=[v.path for v in extra])
+        _write_atomic(os.path.join(tmp, STATE), json.dumps(state, indent=2, default=str))
+        _fsync_dir(tmp)
+        if os.path.exists(final):  # an epoch end right after a step checkpoint: replace it
+            stale = os.path.join(root, f".stale-{name}-{os.getpid()}")
+            os.replace(final, stale)
+            os.replace(tmp, final)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_atomic(os.path.join(root, POINTER), name + "\n")
+    for old in _checkpoint_names(root)[:-KEEP]:
+        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    return final
+
+
+def remove_temporaries(root):
+    """Removes what a crash mid-save left behind (`.tmp-*`, `.stale-*`); never a checkpoint."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith((".tmp-", ".stale-", POINTER + ".tmp-")):
+            path = os.path.join(root, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+
+
+def _checkpoint_names(root):
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    return sorted(n for n in names if _NAME.match(n) and os.path.isdir(os.path.join(root, n)))
+
+
+def _verify(path):
+    """The state of checkpoint `path`, or raises ValueError naming the damaged file."""
+    state_path = os.path.join(path, STATE)
+    try:
+        with open(state_path, encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{state_path}: unreadable ({e})") from None
+    files = state.get("files")
+    if not isinstance(files, dict) or set(files) != {WEIGHTS, ARRAYS}:
+        raise ValueError(f"{state_path}: no file list")
+    for fname, expected in files.items():
+        # Only the two fixed names are accepted: nothing outside the checkpoint is read.
+        fpath = os.path.join(path, fname)
+        if not os.path.isfile(fpath):
+            raise ValueError(f"{fpath}: missing")
+        if os.path.getsize(fpath) != expected.get("bytes"):
+            raise ValueError(f"{fpath}: truncated ({os.path.getsize(fpath)} bytes, "
+                             f"{expected.get('bytes')} written)")
+        if _sha256(fpath) != expected.get("sha256"):
+            raise ValueError(f"{fpath}: corrupt (checksum differs)")
+    return state
+
+
+def find_latest(root):
+    """(path, state) of the newest intact committed checkpoint under `root`, or None.
+
+    The `latest` pointer is the commit: a checkpoint newer than the one it names was
+    renamed into place but the save did not finish (a crash in between), so it is
+    not used. Checkpoints are tried newest first from the pointed one; each one
+    skipped for damage is named in a warning.
+    """
+    names = _checkpoint_names(root)
+    try:
+        with open(os.path.join(root, POINTER), encoding="utf-8") as f:
+            pointed = f.read().strip()
+    except OSError:
+        pointed = None
+    if pointed in names:  # else (pointer lost or damaged) every checkpoint is a candidate
+        names = names[:names.index(pointed) + 1]
+    for name in reversed(names):
+        path = os.path.join(root, name)
+        try:
+            return path, _verify(path)
+        except ValueError as e:
+            warnings.warn(f"Checkpoint {path} is damaged and was skipped: {e}. "
+                          "Falling back to the previous checkpoint.", stacklevel=2)
+    return None
+
+
+def restore(model, path, state):
+    """Loads weights, optimizer variables and seed states of checkpoint `path` into `model`."""
+    opt = model.optimizer
+    if not opt.built:
+        opt.build(model.trainable_variables)
+    try:
+        model.load_weights(os.path.join(path, WEIGHTS))
+    except Exception as e:  # a checksum-valid file that does not fit this model
+        raise InputError(f"{os.path.join(path, WEIGHTS)}: does not fit the model ({e}).") from e
+    with np.load(os.path.join(path, ARRAYS), allow_pickle=False) as arrays:
+        for prefix, variables, names in (
+            ("opt", opt.variables, state["optimizer_variables"]),
+            ("seed", _extra_model_variables(model), state["seed_variables"]),
+        ):
+            if len(variables) != len(names):
+                raise InputError(
+                    f"{os.path.join(path, ARRAYS)}: {len(names)} {prefix} variables saved, "
+                    f"the model has {len(variables)}; the checkpoint is from another model.")
+            for i, v in enumerate(variables):
+                value = arrays[f"{prefix}_{i:05d}"]
+                if tuple(value.shape) != tuple(v.shape):
+                    raise InputError(
+                        f"{os.path.join(path, ARRAYS)}: {names[i]} has shape {value.shape}, "
+                        f"the model's {v.path} {tuple(v.shape)}.")
+                v.assign(value)
+
+
+def staging_dir(run_dir):
+    """The `<out>.partial` directory of an unfinished run, given it or `<out>`."""
+    run_dir = os.path.abspath(os.fspath(run_dir).rstrip("/\\"))
+    staging = run_dir if run_dir.endswith(".partial") else run_dir + ".partial"
+    if os.path.isdir(os.path.join(staging, "checkpoints")):
+        return staging
+    if os.path.isfile(os.path.join(run_dir, "model.keras")):
+        raise InputError(f"'{run_dir}' is a finished run (it has model.keras): nothing to "
+                         "resume. Start a new run with another --out.")
+    raise InputError(
+        f"'{run_dir}' is not a resumable run directory: no checkpoints/ in it or in "
+        f"'{run_dir}.partial'. Pass the --out of an interrupted `tfmp train`.")
+
+
+@dataclasses.dataclass
+class Position:
+    """Where training stands: `epoch` (0-based) and batches already trained in it."""
+
+    epoch: int
+    batch: int
+
+    @classmethod
+    def from_step(cls, step, steps_per_epoch):
+        return cls(step // steps_per_epoch, step % steps_per_epoch)
+
+
+class CheckpointSaver(keras.callbacks.Callback):
+    """Saves a checkpoint every `every` global steps and at each epoch end.
+
+    Args:
+        root: str. The checkpoints directory.
+        every: int. Global steps (skipped ones included) between checkpoints; 0: only
+            at epoch ends.
+        state_fn: callable(epoch_logs) returning the dict stored in `state.json`
+            (config, seeds, history ...); `epoch_logs` is the finished epoch's logs at
+            an epoch end, else None. The batch position is derived from the optimizer.
+    """
+
+    def __init__(self, root, every, state_fn):
+        super().__init__()
+        self.root = root
+        self.every = max(int(every), 0)
+        self.state_fn = state_fn
+        self.last_saved_step = None
+
+    def save(self, epoch_logs=None):
+        step = global_step(self.model.optimizer)
+        path = save(self.root, self.model, self.state_fn(epoch_logs))
+        self.last_saved_step = step
+        return path
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every and global_step(self.model.optimizer) % self.every == 0:
+            self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        # After validation: the state then holds this epoch's history too.
+        self.save(epoch_logs=dict(logs or {}))
