@@ -7,7 +7,8 @@ from tfmp.errors import InputError, PolicyError, TrainingStopped, UserError
 from tfmp.models import BertClassifier, load_classifier, rebuild_float32
 from tfmp.optimizer import LossScaleOptimizer, WarmupLinearDecay, build_optimizer
 from tfmp.precision import Policy, policy_scope, resolve, set_global_policy
-from tfmp.train import TrainConfig, compile_classifier, evaluate, load_model, train
+from tfmp.config import TrainConfig
+from tfmp.train import compile_classifier, evaluate, load_model, train
 
 __all__ = [
     "BertClassifier",
