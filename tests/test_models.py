@@ -137,3 +137,24 @@ def test_float32_pins_from_the_policy_apply_to_those_layers_only(tiny_bert_dir):
     # Rebuilding for serving keeps the pins; float32 rebuilds need none.
     assert models.rebuild(model, policy).backbone.get_layer(
         "transformer_layer_1").compute_dtype == "float32"
+
+
+def test_inference_model_file_has_no_optimizer_and_same_outputs(tiny_bert_dir, tmp_path):
+    from tfmp import optimizer as tfmp_optimizer
+
+    policy = precision.resolve("mixed_float16")
+    model = models.load_classifier(tiny_bert_dir, num_classes=3, sequence_length=16,
+                                   policy=policy)
+    model.compile(optimizer=tfmp_optimizer.build_optimizer(policy, total_steps=4),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  auto_scale_loss=False)
+    model.fit(TEXTS, np.array([0, 1, 2]), batch_size=3, verbose=0)
+    models.save_inference_model(model, tmp_path / "slim.keras")
+    model.save(tmp_path / "full.keras")
+    # Weights only: the full file also holds AdamW's two slots (twice, under float16).
+    assert os.path.getsize(tmp_path / "slim.keras") < 0.5 * os.path.getsize(
+        tmp_path / "full.keras")
+    assert model.optimizer is not None  # restored after saving
+    loaded = keras.saving.load_model(tmp_path / "slim.keras", safe_mode=True)
+    np.testing.assert_array_equal(loaded.predict(TEXTS, verbose=0),
+                                  model.predict(TEXTS, verbose=0))

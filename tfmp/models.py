@@ -243,3 +243,19 @@ def _apply_pins(classifier, policy):
         from tfmp import diagnose
 
         diagnose.pin_float32(classifier, policy.float32_layers)
+
+
+def save_inference_model(model, path):
+    """Saves `model` as a `.keras` file without its optimizer.
+
+    A run's `model.keras` is for inference, export and fine-tuning anew; the
+    optimizer state belongs in checkpoints (`tfmp.checkpoint`). Under mixed_float16
+    Keras would save the AdamW slots twice (as the loss-scale optimizer's variables
+    and as its inner optimizer's): 455 MB instead of 91 MB for MiniLM.
+    """
+    optimizer = model.optimizer
+    model.optimizer = None
+    try:
+        model.save(path)
+    finally:
+        model.optimizer = optimizer
