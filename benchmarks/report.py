@@ -1,0 +1,186 @@
+"""The Markdown tables and the target checks of a benchmark results dict."""
+
+
+def _f(value, fmt="{:.2f}"):
+    return "n/a" if value is None else fmt.format(value)
+
+
+def targets(results):
+    """Each target of issue 6: {name: {"value", "target", "met", "note"}}."""
+    out = {}
+    tr = results.get("training", {})
+    cfgs = tr.get("configs", {})
+    ratios = tr.get("ratios", {})
+    tf_cfgs = {k: v for k, v in cfgs.items() if v["engine"] == "tf"}
+    if tf_cfgs:
+        best = max(tf_cfgs, key=lambda k: tf_cfgs[k]["mfu"] or 0)
+        out["MFU >= 70% of the float32 matmul rate"] = dict(
+            value=tf_cfgs[best]["mfu"], target=0.70, met=(tf_cfgs[best]["mfu"] or 0) >= 0.70,
+            note=f"median over rounds, best: {best}; tf_float32_fixed: "
+                 f"{_f(cfgs.get('tf_float32_fixed', {}).get('mfu'))}")
+        length_aware = {k: v for k, v in ratios.items()
+                        if k.startswith(("bucketed / fixed", "trimmed (default) / fixed"))}
+        if length_aware:
+            best = max(length_aware, key=lambda k: length_aware[k] or 0)
+            acc = results.get("accuracy", {}).get("pipelines", {})
+            accuracy = ("test accuracy " + ", ".join(f"{k} {v['accuracy']:.2%}"
+                                                     for k, v in acc.items())
+                        if acc else "accuracy not measured in this run")
+            out["length-aware batching >= 1.5x fixed-64"] = dict(
+                value=length_aware[best], target=1.5, met=(length_aware[best] or 0) >= 1.5,
+                note=f"{best}; {accuracy}")
+        waits = [v["input_wait_share"] for v in tf_cfgs.values()
+                 if v["input_wait_share"] is not None]
+        if waits:
+            out["input wait < 5% of step time"] = dict(
+                value=max(waits), target=0.05, met=max(waits) < 0.05,
+                note="largest share over all tf configurations")
+        auto = tr.get("auto_policy", {}).get("name")
+        for policy in ("mixed_bfloat16", "mixed_float16"):
+            r = ratios.get(f"{policy} / float32 (fixed input)")
+            if r is not None:
+                out[f"{policy} not >5% slower than float32 (or not auto)"] = dict(
+                    value=r, target=0.95, met=r >= 0.95 or auto != policy,
+                    note=f"auto picks {auto} here")
+    for label in ("tfmp / PyTorch, float32, fixed-64", "tfmp / PyTorch, bfloat16, fixed-64"):
+        # Same sequence length only: a bucketed tfmp step does less work than fixed-64.
+        candidates = {k: v for k, v in ratios.items() if k.startswith("tfmp")
+                      and "bucketed" not in k and label.split(", ")[1] in k and v is not None}
+        if candidates:
+            best = max(candidates, key=candidates.get)
+            out[f"{label.replace(', fixed-64', '')} >= 1.0x"] = dict(
+                value=candidates[best], target=1.0, met=candidates[best] >= 1.0,
+                note=f"best: {best}; plain step: {_f(ratios.get(label))}")
+    inf = results.get("inference", {}).get("ratios", {})
+    r = inf.get("tflite_int8 / savedmodel_fp32 (batch 32 ex/s)")
+    if r is not None:
+        out["TFLite int8 >= 1.5x SavedModel fp32 at batch 32"] = dict(
+            value=r, target=1.5, met=r >= 1.5, note="")
+    return out
+
+
+def _per_round(training, label):
+    """The per-round ratios behind a median, from the labels' configuration names."""
+    import re
+
+    names = re.findall(r"tf_\w+|torch_\w+", training.get("ratio_pairs", {}).get(label, ""))
+    if len(names) != 2 or not all(n in training["configs"] for n in names):
+        return ""
+    a, b = (training["configs"][n]["rounds"] for n in names)
+    return ", ".join(f"{x['examples_per_second'] / y['examples_per_second']:.2f}"
+                     for x, y in zip(a, b))
+
+
+def markdown(results):
+    m, v = results["machine"], results["versions"]
+    lines = [
+        f"# tfmp benchmarks: {m['host']}, {results['date']}" + (" (quick)" if results["quick"] else ""),
+        "",
+        f"Command: `{results['command']}`"
+        + (f"; accuracy: `{results['accuracy_command']}`" if results.get("accuracy_command")
+           else "") + "  ",
+        f"Machine: {m['cpu']}, {m['usable_cores']} usable cores; "
+        + ", ".join(f"{k} {val}" for k, val in v.items() if val) + "  ",
+        f"Wall time {results['wall_seconds'] / 60:.1f} min. Ratios are medians over alternating "
+        "rounds in one process (A B C, C B A, ...); absolute times are indicative only "
+        "(other jobs shared the cores).",
+        "",
+    ]
+    if results.get("targets"):
+        lines += ["## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
+        for name, t in results["targets"].items():
+            lines.append(f"| {name} | {_f(t['value'])} ({t['note']}) | "
+                         f"{'yes' if t['met'] else '**no**'} |")
+        lines.append("")
+    tr = results.get("training")
+    if tr:
+        s = tr["settings"]
+        lines += [
+            "## Training step (batch %d, --seq-len %d, %d rounds x %d steps)" % (
+                s["batch_size"], s["seq_len"], s["repeats"], s["steps_per_repeat"]),
+            "",
+            "float32 matmul rate (2048^2, best of 3, once per round): "
+            + ", ".join(f"{g:.0f}" for g in tr["matmul_float32_gflops"]) + " GFLOP/s; MFU is "
+            f"against the fastest ({tr['matmul_float32_ceiling_gflops']:.0f} GFLOP/s). "
+            f"`auto` picks **{tr['auto_policy']['name']}** here.",
+            "",
+            "| configuration | ms/step | examples/s | mean width | GFLOP/s | MFU (best round) "
+            "| input wait |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, c in tr["configs"].items():
+            lines.append(
+                f"| `{name}` | {_f(c['ms_per_step'], '{:.0f}')} | "
+                f"{_f(c['examples_per_second'], '{:.1f}')} | {_f(c['mean_width'], '{:.1f}')} | "
+                f"{_f(c['flops_per_second'] / 1e9, '{:.0f}')} | {_f(c['mfu'], '{:.0%}')} "
+                f"({_f(c.get('best_round_mfu'), '{:.0%}')}) | "
+                f"{_f(c['input_wait_share'], '{:.1%}')} |")
+        lines += ["", "| ratio (examples/s, median over rounds) | value | per round |",
+                  "| --- | --- | --- |"]
+        lines += [f"| {k} | {_f(val)}x | {_per_round(tr, k)} |" for k, val in tr["ratios"].items()]
+        lines.append("")
+    if results.get("onednn"):
+        o = results["onednn"]
+        lines += [f"oneDNN (`TF_ENABLE_ONEDNN_OPTS` 1 vs 0, float32 fixed-64, separate processes): "
+                  f"{_f(o['ratio_on_over_off'])}x", ""]
+    p = results.get("pipeline")
+    if p:
+        lines += [
+            f"## Input pipeline ({p['examples']} airline tweets, batches of 32, padded to 64)", "",
+            "| tokenizer | examples/s |", "| --- | --- |",
+            f"| in-graph (keras-hub WordPiece, tensorflow-text, tf.data) | "
+            f"{_f(p['in_graph_examples_per_second'], '{:.0f}')} |",
+            f"| Hugging Face `tokenizers` (BertWordPieceTokenizer) | "
+            f"{_f(p['hf_tokenizers_examples_per_second'], '{:.0f}')} |",
+            "",
+            f"in-graph / HF: {_f(p['ratio_in_graph_over_hf'])}x; identical token ids on "
+            f"{p['token_id_agreement']:.1%} of examples.", ""]
+    acc = results.get("accuracy")
+    if acc:
+        lines += [f"## Accuracy by input pipeline ({acc['policy']}, {acc['train_examples']} "
+                  f"training tweets, one epoch = {acc['steps']} steps, seed 0, "
+                  f"{acc['test_examples']} test tweets)", "",
+                  "| input | test accuracy | macro-F1 | mean width | training s |",
+                  "| --- | --- | --- | --- | --- |"]
+        for name, a in acc["pipelines"].items():
+            lines.append(f"| {name} | {a['accuracy']:.2%} | {a['macro_f1']:.3f} | "
+                         f"{a['mean_width']:.1f} | {a['train_seconds']:.0f} |")
+        lines.append("")
+    inf = results.get("inference")
+    if inf:
+        rss = inf.get("peak_rss_mb", {})
+        lines += ["## Inference (token ids in, padded to 64; TFLite with 2 threads)", "",
+                  "| engine | batch 1 p50 ms | batch 1 p99 ms | batch 32 ex/s | vs SavedModel | "
+                  "peak RSS MB (after imports) |", "| --- | --- | --- | --- | --- | --- |"]
+        for name, e in inf.get("engines", {}).items():
+            ratio = inf["ratios"].get(f"{name} / savedmodel_fp32 (batch 32 ex/s)",
+                                      1.0 if name == "savedmodel_fp32" else None)
+            r = rss.get(name) or {}
+            lines.append(
+                f"| {name} | {_f(e['batch1_p50_ms'], '{:.1f}')} | {_f(e['batch1_p99_ms'], '{:.1f}')} | "
+                f"{_f(e['batch32_examples_per_second'], '{:.0f}')} | {_f(ratio)}x | "
+                f"{_f(r.get('peak_rss_mb'), '{:.0f}')} ({_f(r.get('after_imports_mb'), '{:.0f}')}) |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    # Re-renders a results file's targets and Markdown (after a change to this module).
+    import json
+    import sys
+
+    sys.path.insert(0, __import__("os").path.dirname(__file__))
+    import training
+
+    for path in sys.argv[1:]:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+        if "training" in results:
+            training.apply_mfu(results["training"])
+            training.compute_ratios(results["training"])
+        results["targets"] = targets(results)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1, default=str)
+            f.write("\n")
+        with open(path[:-len(".json")] + ".md", "w", encoding="utf-8") as f:
+            f.write(markdown(results))

@@ -1,0 +1,378 @@
+"""Training throughput: tfmp's MiniLM classifier under each policy and input pipeline, and
+the PyTorch/transformers peer, timed in alternating rounds in one process.
+
+Each configuration is one way to run the same training step (model, batch, AdamW, loss):
+
+    engine  tf (Keras `train_step` of tfmp's compiled classifier) or torch (transformers)
+    policy  float32, mixed_bfloat16, mixed_float16 (torch: float32 or autocast bfloat16)
+    input   fixed: padded to --seq-len; default: tfmp's pipeline (each batch trimmed to its
+            longest tweet); bucket: batches of similar length (bucket_by_sequence_length),
+            then trimmed
+    xla     the step under tf.function(jit_compile=True)
+    spe     steps per tf.function call (Keras' steps_per_execution)
+
+Run alone: `python benchmarks/training.py --quick`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common
+
+NUM_CLASSES = 3
+BUCKET_BOUNDARIES = [16, 24, 32, 40, 48]
+
+
+def configs(quick):
+    def tf(policy, pipeline="fixed", xla=False, spe=1):
+        name = f"tf_{policy}_{pipeline}" + ("_xla" if xla else "") + (f"_spe{spe}" if spe > 1 else "")
+        return dict(name=name, engine="tf", policy=policy, pipeline=pipeline, xla=xla, spe=spe)
+
+    def torch(policy):
+        return dict(name=f"torch_{policy}_fixed", engine="torch", policy=policy,
+                    pipeline="fixed", xla=False, spe=1)
+
+    if quick:
+        return [tf("float32"), tf("mixed_bfloat16"), tf("float32", "default"),
+                tf("float32", "bucket"), torch("float32")]
+    return [
+        tf("float32"), tf("mixed_bfloat16"), tf("mixed_float16"),
+        tf("float32", "default"), tf("mixed_bfloat16", "default"), tf("mixed_float16", "default"),
+        tf("float32", "bucket"), tf("mixed_bfloat16", "bucket"),
+        tf("float32", xla=True), tf("mixed_bfloat16", xla=True),
+        tf("float32", spe=8),
+        torch("float32"), torch("bfloat16"),
+    ]
+
+
+def _datasets(texts, label_ids, preprocessor, batch_size, pipeline, seed=0):
+    import keras
+    import tensorflow as tf
+
+    from tfmp import data
+
+    ds = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(texts, tf.string), tf.constant(label_ids, tf.int32)))
+    ds = ds.shuffle(len(texts), seed=seed).repeat()
+
+    def tokenize(trim):
+        def fn(t, labels):
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(preprocessor(t, labels))
+            return (data.trim_padding(x) if trim else x), y
+        return fn
+
+    if pipeline in ("fixed", "default"):
+        # What `data.make_dataset(split, preprocessor, batch)` builds (trim=False for fixed).
+        ds = ds.batch(batch_size, drop_remainder=True)
+        ds = ds.map(tokenize(pipeline == "default"), num_parallel_calls=tf.data.AUTOTUNE)
+    elif pipeline == "bucket":
+        # Tokenize in big batches, then regroup examples of similar length.
+        ds = ds.batch(256).map(tokenize(False), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+        ds = ds.bucket_by_sequence_length(
+            lambda x, y: tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32)),
+            bucket_boundaries=BUCKET_BOUNDARIES,
+            bucket_batch_sizes=[batch_size] * (len(BUCKET_BOUNDARIES) + 1),
+            drop_remainder=True)
+        ds = ds.map(lambda x, y: (data.trim_padding(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        raise ValueError(f"unknown pipeline {pipeline!r}")
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class _TFRunner:
+    def __init__(self, cfg, model, dataset):
+        import tensorflow as tf
+
+        self.cfg, self.model = cfg, model
+        self.iterator = iter(dataset)
+        if cfg["spe"] == 1:
+            # Any batch size and width: one trace for trimmed/bucketed batches too (XLA
+            # still compiles once per concrete width it meets).
+            signature = tf.nest.map_structure(
+                lambda s: tf.TensorSpec([None] * len(s.shape), s.dtype), dataset.element_spec)
+            self.fn = tf.function(lambda x, y: model.train_step((x, y)),
+                                  input_signature=list(signature), jit_compile=cfg["xla"])
+        else:
+            spe = cfg["spe"]
+
+            @tf.function(jit_compile=cfg["xla"])
+            def multi(iterator):
+                logs = model.train_step(next(iterator))
+                for _ in tf.range(spe - 1):
+                    logs = model.train_step(next(iterator))
+                return logs
+            self.fn = multi
+
+    def chunk(self, steps):
+        """(seconds, seconds waiting for input, [padded widths]) of `steps` steps."""
+        widths, wait = [], 0.0
+        start = time.perf_counter()
+        if self.cfg["spe"] == 1:
+            for _ in range(steps):
+                t = time.perf_counter()
+                x, y = next(self.iterator)
+                wait += time.perf_counter() - t
+                widths.append(int(x["token_ids"].shape[1]))
+                logs = self.fn(x, y)
+        else:
+            for _ in range(max(1, steps // self.cfg["spe"])):
+                logs = self.fn(self.iterator)
+                widths += [None] * self.cfg["spe"]  # fixed pipeline: the --seq-len
+            wait = None
+        float(logs["loss"])  # wait for the step to finish
+        return time.perf_counter() - start, wait, widths
+
+
+class _TorchRunner:
+    def __init__(self, cfg, model_dir, batches, threads):
+        import torch
+        from transformers import BertForSequenceClassification
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        self.torch, self.cfg = torch, cfg
+        self.model = BertForSequenceClassification.from_pretrained(
+            model_dir, num_labels=NUM_CLASSES)
+        self.model.train()
+        # Same optimizer settings as tfmp (AdamW, eps 1e-6, decay 0.01, clip 1.0).
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=5e-5, eps=1e-6,
+                                     weight_decay=0.01)
+        self.batches = [
+            ({"input_ids": torch.tensor(x["token_ids"]).long(),
+              "attention_mask": torch.tensor(x["padding_mask"]).long(),
+              "token_type_ids": torch.tensor(x["segment_ids"]).long()},
+             torch.tensor(y).long()) for x, y in batches]
+        self.i = 0
+
+    def chunk(self, steps):
+        torch = self.torch
+        widths = []
+        start = time.perf_counter()
+        for _ in range(steps):
+            x, y = self.batches[self.i % len(self.batches)]
+            self.i += 1
+            widths.append(int(x["input_ids"].shape[1]))
+            self.opt.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16,
+                                enabled=self.cfg["policy"] == "bfloat16"):
+                loss = self.model(**x, labels=y).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+        return time.perf_counter() - start, 0.0, widths
+
+
+def _load_tf_model(model_dir, policy_name, seq_len, total_steps=100_000):
+    from tfmp import models, precision
+    from tfmp.config import TrainConfig
+    from tfmp.train import compile_classifier
+
+    policy = precision.resolve(policy_name)
+    model = models.load_classifier(model_dir, num_classes=NUM_CLASSES, sequence_length=seq_len,
+                                   policy=policy)
+    compile_classifier(model, policy, total_steps=total_steps, config=TrainConfig())
+    return model
+
+
+def _training_split(max_examples):
+    from tfmp import data
+
+    examples = data.load_examples("airline")
+    labels = data.LabelMap.from_labels(examples.labels)
+    splits = data.split_examples(examples.texts, labels.ids(examples.labels), seed=0)
+    n = min(len(splits.train), max_examples)
+    return splits.train.texts[:n], splits.train.label_ids[:n]
+
+
+def measure(model_dir, quick=False, repeats=4, steps=8, batch_size=32, seq_len=64,
+            torch_threads=2, only=None, log=print):
+    """Runs every configuration (or those named in `only`) in alternating rounds; returns
+    the training results dict."""
+    import numpy as np
+
+    from tfmp import models, precision
+
+    cfgs = configs(quick)
+    if only:
+        unknown = sorted(set(only) - {c["name"] for c in configs(False) + cfgs})
+        if unknown:
+            raise ValueError(f"--configs: unknown {unknown}; known: "
+                             f"{', '.join(c['name'] for c in configs(False))}.")
+        cfgs = [c for c in configs(False) if c["name"] in only]
+    config_json = models.check_checkpoint_dir(model_dir)
+    texts, label_ids = _training_split(2048 if quick else 100_000)
+    tf_models, runners = {}, {}
+    for cfg in cfgs:
+        if cfg["engine"] != "tf":
+            continue
+        if cfg["policy"] not in tf_models:
+            tf_models[cfg["policy"]] = _load_tf_model(model_dir, cfg["policy"], seq_len)
+        model = tf_models[cfg["policy"]]
+        ds = _datasets(texts, label_ids, model.preprocessor, batch_size, cfg["pipeline"])
+        if not model.optimizer.built:
+            x, y = next(iter(ds))
+            model.train_step((x, y))  # eagerly: builds optimizer slots and metrics
+        runners[cfg["name"]] = _TFRunner(cfg, model, ds)
+    torch_cfgs = [c for c in cfgs if c["engine"] == "torch"]
+    if torch_cfgs:
+        preprocessor = next(iter(tf_models.values())).preprocessor if tf_models else (
+            models.load_preprocessor(model_dir, seq_len))
+        fixed = _datasets(texts, label_ids, preprocessor, batch_size, "fixed")
+        batches = [(x, y) for x, y in fixed.take(8).as_numpy_iterator()]
+        for cfg in torch_cfgs:
+            runners[cfg["name"]] = _TorchRunner(cfg, model_dir, batches, torch_threads)
+
+    # Warm-up: tracing, XLA compilation, oneDNN primitive caches, a few batch widths.
+    for cfg in cfgs:
+        t = time.perf_counter()
+        runners[cfg["name"]].chunk(cfg["spe"] if cfg["spe"] > 1 else (2 if quick else 3))
+        log(f"  warm-up {cfg['name']}: {time.perf_counter() - t:.1f} s")
+
+    rounds = {c["name"]: [] for c in cfgs}
+    matmul = []
+    for r in range(repeats):
+        matmul.append(common.matmul_flops_per_second(n=512 if quick else 2048, repeats=3))
+        order = cfgs if r % 2 == 0 else cfgs[::-1]  # A B C, C B A: drift cancels
+        for cfg in order:
+            n = cfg["spe"] if cfg["spe"] > 1 else steps
+            seconds, wait, widths = runners[cfg["name"]].chunk(n)
+            widths = [w or seq_len for w in widths]
+            flops = sum(common.bert_train_flops(config_json, batch_size, w, NUM_CLASSES)
+                        for w in widths)
+            rounds[cfg["name"]].append({
+                "seconds": seconds, "steps": len(widths),
+                "examples_per_second": batch_size * len(widths) / seconds,
+                "ms_per_step": 1000 * seconds / len(widths),
+                "input_wait_share": None if wait is None else wait / seconds,
+                "mean_width": float(np.mean(widths)),
+                "flops_per_second": flops / seconds,
+            })
+        log(f"  round {r + 1}/{repeats}: " + ", ".join(
+            f"{c['name']} {rounds[c['name']][-1]['ms_per_step']:.0f} ms" for c in cfgs))
+
+    results = {"configs": {}, "ratios": {}, "settings": dict(
+        repeats=repeats, steps_per_repeat=steps, batch_size=batch_size, seq_len=seq_len,
+        torch_threads=torch_threads, train_examples=len(texts),
+        bucket_boundaries=BUCKET_BOUNDARIES)}
+    results["matmul_float32_gflops"] = [m / 1e9 for m in matmul]
+    for cfg in cfgs:
+        rs = rounds[cfg["name"]]
+        results["configs"][cfg["name"]] = dict(
+            cfg, **{k: common.median([x[k] for x in rs]) for k in (
+                "examples_per_second", "ms_per_step", "input_wait_share", "mean_width",
+                "flops_per_second")}, rounds=rs)
+    apply_mfu(results)
+
+    compute_ratios(results)
+    auto = precision.resolve("auto")
+    results["auto_policy"] = {"name": auto.name, "reason": getattr(auto, "reason", "")}
+    return results
+
+
+def compute_ratios(results):
+    """Sets `ratios` (median over rounds of paired examples/s ratios) and `ratio_pairs`."""
+    configs_ = results["configs"]
+    results["ratios"], results["ratio_pairs"] = {}, {}
+
+    def ratio(a, b, label):
+        if a in configs_ and b in configs_:
+            results["ratio_pairs"][label] = f"{a} / {b}"
+            results["ratios"][label] = common.paired_ratio(
+                [x["examples_per_second"] for x in configs_[a]["rounds"]],
+                [x["examples_per_second"] for x in configs_[b]["rounds"]])
+
+    for policy in ("mixed_bfloat16", "mixed_float16"):
+        for pipeline in ("fixed", "default"):
+            ratio(f"tf_{policy}_{pipeline}", f"tf_float32_{pipeline}",
+                  f"{policy} / float32 ({pipeline} input)")
+    for policy in ("float32", "mixed_bfloat16", "mixed_float16"):
+        ratio(f"tf_{policy}_default", f"tf_{policy}_fixed", f"trimmed (default) / fixed-64, {policy}")
+        ratio(f"tf_{policy}_bucket", f"tf_{policy}_fixed", f"bucketed / fixed-64, {policy}")
+        ratio(f"tf_{policy}_bucket", f"tf_{policy}_default", f"bucketed / trimmed, {policy}")
+        ratio(f"tf_{policy}_fixed_xla", f"tf_{policy}_fixed", f"XLA / default step, {policy} fixed-64")
+    ratio("tf_float32_fixed_spe8", "tf_float32_fixed", "steps_per_execution 8 / 1, float32 fixed-64")
+    ratio("tf_float32_fixed", "torch_float32_fixed", "tfmp / PyTorch, float32, fixed-64")
+    ratio("tf_mixed_bfloat16_fixed", "torch_bfloat16_fixed", "tfmp / PyTorch, bfloat16, fixed-64")
+    ratio("tf_float32_fixed_xla", "torch_float32_fixed", "tfmp XLA / PyTorch, float32, fixed-64")
+    ratio("tf_mixed_bfloat16_fixed_xla", "torch_bfloat16_fixed",
+          "tfmp XLA / PyTorch, bfloat16, fixed-64")
+    ratio("torch_bfloat16_fixed", "torch_float32_fixed", "PyTorch autocast bfloat16 / float32")
+    ratio("tf_float32_bucket", "torch_float32_fixed", "tfmp bucketed / PyTorch fixed-64, float32")
+    ratio("tf_mixed_bfloat16_bucket", "torch_bfloat16_fixed",
+          "tfmp bucketed / PyTorch fixed-64, bfloat16")
+    return results
+
+
+def apply_mfu(results):
+    """Sets each configuration's model FLOP utilisation against the run's matmul ceiling.
+
+    The ceiling is the fastest float32 matmul of the run, not the one of the same round:
+    other processes only ever slow a probe down, and a probe that ran in a busy moment
+    would make a step look better than the machine allows (values above 100%).
+    """
+    ceiling = max(results["matmul_float32_gflops"]) * 1e9
+    results["matmul_float32_ceiling_gflops"] = ceiling / 1e9
+    for c in results["configs"].values():
+        for r in c["rounds"]:
+            r["mfu"] = r["flops_per_second"] / ceiling
+        c["mfu"] = common.median([r["mfu"] for r in c["rounds"]])
+        c["best_round_mfu"] = max(r["mfu"] for r in c["rounds"])
+    return results
+
+
+def onednn_ratio(model_dir, rounds=2, steps=6, quick=False, log=print):
+    """examples/s with TF_ENABLE_ONEDNN_OPTS=1 over =0 (float32, fixed-64), in subprocesses.
+
+    The variable is read when TensorFlow starts, so each setting needs its own process;
+    the processes alternate (on, off, on, off) and each pair gives a ratio.
+    """
+    on, off = [], []
+    for r in range(rounds):
+        for flag, out in (("1", on), ("0", off)) if r % 2 == 0 else (("0", off), ("1", on)):
+            env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=flag, TF_CPP_MIN_LOG_LEVEL="2")
+            cmd = [sys.executable, os.path.abspath(__file__), "--onednn-worker",
+                   "--model", model_dir, "--steps", str(steps)]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                log(f"  oneDNN worker failed: {proc.stderr[-2000:]}")
+                return None
+            out.append(json.loads(proc.stdout.strip().splitlines()[-1])["examples_per_second"])
+            log(f"  oneDNN={flag}: {out[-1]:.1f} ex/s")
+    return {"onednn_on_examples_per_second": on, "onednn_off_examples_per_second": off,
+            "ratio_on_over_off": common.paired_ratio(on, off)}
+
+
+def _onednn_worker(model_dir, steps):
+    model = _load_tf_model(model_dir, "float32", 64)
+    texts, label_ids = _training_split(2048)
+    ds = _datasets(texts, label_ids, model.preprocessor, 32, "fixed")
+    x, y = next(iter(ds))
+    model.train_step((x, y))
+    runner = _TFRunner(dict(spe=1, xla=False), model, ds)
+    runner.chunk(2)
+    seconds, _, widths = runner.chunk(steps)
+    print(json.dumps({"examples_per_second": 32 * len(widths) / seconds}))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--onednn-worker", action="store_true")
+    a = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tfmp import models as _models
+
+    model_dir = a.model or _models.default_model_dir()
+    if a.onednn_worker:
+        _onednn_worker(model_dir, a.steps)
+    else:
+        print(json.dumps(measure(model_dir, quick=a.quick, repeats=2 if a.quick else 4,
+                                 steps=2 if a.quick else a.steps), indent=1, default=str))
