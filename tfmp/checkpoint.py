@@ -43,9 +43,11 @@ _NAME = re.compile(r"^ckpt-(\d{9})$")
 # TrainConfig fields that do not change what a run computes: they may differ on resume.
 # Every other field (model, data, policy, batch size, sequence length, optimizer,
 # seeds, ...) must match, or the resumed run would not be the run that was started.
+# `strategy` may change: the batch is global and a checkpoint holds one copy of each
+# variable, so a run started on 2 GPUs can resume on 1 (or on 2 hosts).
 RESUMABLE_FIELDS = frozenset({
     "out", "overwrite", "min_loss_scale", "skip_window", "max_skip_share",
-    "checkpoint_every",
+    "checkpoint_every", "strategy",
 })
 
 

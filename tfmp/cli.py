@@ -12,6 +12,7 @@ import sys
 
 
 def _add_train(sub):
+    from tfmp.distribute import CHOICES as CHOICES_STRATEGY
     from tfmp.precision import CHOICES
     from tfmp.train import TrainConfig
 
@@ -50,6 +51,10 @@ def _add_train(sub):
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
                    help="optimizer steps between checkpoints, besides each epoch end; "
                    "0: epoch ends only (default: %(default)s)")
+    p.add_argument("--strategy", default=d.strategy, choices=CHOICES_STRATEGY,
+                   help="tf.distribute strategy; auto: multi_worker if TF_CONFIG names "
+                   "several workers, else tpu, else mirrored on 2+ GPUs, else none. "
+                   "--batch-size is the global batch (default: %(default)s)")
     p.add_argument("--out", help="run directory to write (required unless --resume)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the interrupted run in RUN_DIR (its --out, or "
@@ -93,6 +98,9 @@ def _run_train(args):
     else:
         result = train(TrainConfig(**values), verbose=verbose)
     m = result.metrics
+    if result.run_dir is None:  # a non-chief worker: the chief wrote the run
+        print(f"test accuracy {m['accuracy']:.4f}  (worker; the chief wrote the run)")
+        return 0
     print(f"test accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
           f"majority class {m['majority_class_share']:.4f}  -> {result.run_dir}")
     return 0

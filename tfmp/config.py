@@ -45,6 +45,9 @@ class TrainConfig:
     # Checkpoint every this many optimizer steps (and at every epoch end); 0: epoch
     # ends only. A MiniLM checkpoint (weights + AdamW slots) is ~270 MB and ~1 s.
     checkpoint_every: int = 500
+    # tf.distribute strategy: auto, none, mirrored, multi_worker or tpu (tfmp.distribute);
+    # auto is none on one device. `batch_size` is global: split across the replicas.
+    strategy: str = "auto"
     out: str = "runs/run"
     overwrite: bool = False  # replace an existing run directory
 

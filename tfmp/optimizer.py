@@ -65,17 +65,48 @@ class AdamW(keras.optimizers.AdamW):
     out, so `tfmp.callbacks.TrainingMonitor` can log it without a second backward pass.
     """
 
+    # Set by `LossScaleOptimizer`, which sums the gradients across replicas itself.
+    _summed_by_outer = False
+
     @tracking.no_automatic_dependency_tracking
     def build(self, var_list):
+        # "only_first_replica": every replica holds the same (summed) gradients.
         self.grad_norm = self.add_variable(
-            shape=(), dtype="float32", initializer="zeros", aggregation="none",
-            name="grad_norm")
+            shape=(), dtype="float32", initializer="zeros",
+            aggregation="only_first_replica", name="grad_norm")
         super().build(var_list)
+
+    def apply(self, grads, trainable_variables=None):
+        if not self._summed_by_outer:
+            grads = sum_across_replicas(grads)
+        super().apply(grads, trainable_variables)
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        # Already summed in `apply`, before clipping: Keras would sum after it, so each
+        # replica would clip its own share by the global norm meant for the whole.
+        return list(grads_and_vars)
 
     def _clip_gradients(self, grads):
         squares = [ops.sum(ops.square(ops.cast(g, "float32"))) for g in grads if g is not None]
         self.grad_norm.assign(ops.sqrt(ops.sum(ops.stack(squares))) if squares else 0.0)
         return super()._clip_gradients(grads)
+
+
+def sum_across_replicas(grads):
+    """`grads` summed over the replicas of the current `tf.distribute` strategy.
+
+    Each replica's loss is already divided by the number of replicas (Keras'
+    `scale_loss_for_distribution`), so the sum is the gradient of the global batch:
+    what one device would compute. Outside a multi-replica strategy: unchanged.
+    """
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return grads
+    present = [g for g in grads if g is not None]
+    summed = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present) if present else [])
+    return [None if g is None else next(summed) for g in grads]
 
 
 # Skipped steps remembered by the optimizer for `TrainingMonitor`, which reads them
@@ -117,6 +148,16 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
             **kwargs,
         )
         self.min_scale = float(min_scale)
+        if isinstance(inner_optimizer, AdamW):
+            inner_optimizer._summed_by_outer = True
+
+    def apply(self, grads, trainable_variables=None):
+        # Summed before the finite check: every replica then sees the same gradients,
+        # so a non-finite gradient on any one replica skips the step on all of them
+        # (Keras checks each replica's own, unsummed gradients).
+        if isinstance(self.inner_optimizer, AdamW):  # which then does not sum again
+            grads = sum_across_replicas(grads)
+        super().apply(grads, trainable_variables)
 
     @tracking.no_automatic_dependency_tracking
     def build(self, var_list):

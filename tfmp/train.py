@@ -14,6 +14,13 @@ While it trains, `<out>.partial/checkpoints/` holds the newest two checkpoints
 `train(resume="runs/demo")` (`tfmp train --resume runs/demo`) and ends with exactly
 the model an uninterrupted run would have produced. Each epoch's batch order is a
 fixed function of (seed, epoch), so a resumed epoch skips exactly the batches done.
+
+Under a `tf.distribute` strategy (`TrainConfig.strategy`, `tfmp.distribute`) the
+model and optimizer are built in its scope and `batch_size` is the global batch.
+Only the chief writes the run directory. Every other worker runs the same code (the
+test-split evaluation is a collective that needs all of them) and writes the same
+files into a scratch directory: `TFMP_WORKER_DIR`, else a temporary one, removed at
+the end. `RunResult.run_dir` is None there.
 """
 
 import dataclasses
@@ -23,6 +30,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 
@@ -30,7 +38,7 @@ import keras
 import numpy as np
 
 from tfmp import callbacks as tfmp_callbacks
-from tfmp import checkpoint, data, models, optimizer, precision, report
+from tfmp import checkpoint, data, distribute, models, optimizer, precision, report
 from tfmp.config import TrainConfig  # noqa: F401  (re-exported: tfmp.train.TrainConfig)
 from tfmp.errors import TrainingStopped, UserError
 
@@ -123,11 +131,13 @@ def _texts_only(texts, label_ids):
     return texts
 
 
-def evaluate(model, split, label_map, batch_size=64):
+def evaluate(model, split, label_map, batch_size=64, shard=None):
     """Accuracy, macro-F1 and scikit-learn's classification report on `split`."""
     from sklearn.metrics import classification_report, f1_score
 
     ds = data.make_dataset(split, None, batch_size)
+    if shard is not None:
+        ds = shard(ds)
     logits = model.predict(ds.map(_texts_only), verbose=0)
     predicted = np.argmax(logits, axis=-1)
     truth = np.asarray(split.label_ids)
@@ -217,6 +227,12 @@ def train(config=None, verbose=1, resume=None):
     elif config is None:
         raise UserError("train() needs a TrainConfig, or resume=RUN_DIR.")
     config.validate()
+    # First: a multi-worker strategy or logical CPUs need TF's devices not yet started.
+    dist = distribute.resolve(config.strategy)
+    log(f"Strategy: {dist.describe()}")
+    if config.batch_size < dist.num_replicas:
+        raise UserError(f"--batch-size {config.batch_size} is the global batch, split "
+                        f"across {dist.num_replicas} replicas: give at least one each.")
 
     # --- Validate everything before writing anything. ---
     policy = precision.resolve(config.policy, float32_layers=config.float32_layers)
@@ -233,6 +249,15 @@ def train(config=None, verbose=1, resume=None):
             f"than one batch of {config.batch_size}. Lower --batch-size or add examples.")
     model_dir = config.model or models.default_model_dir()
     keras.utils.set_random_seed(config.seed)
+    # Everything from here on runs in the strategy's scope: the model's variables,
+    # and the optimizer's (built lazily by fit, save or restore), are mirrored.
+    with dist.strategy.scope():
+        return _train_in_scope(config, dist, policy, out, data_sha, examples, label_map,
+                               splits, model_dir, ckpt, log, verbose)
+
+
+def _train_in_scope(config, dist, policy, out, data_sha, examples, label_map, splits,
+                    model_dir, ckpt, log, verbose):
     model = models.load_classifier(
         model_dir, num_classes=label_map.num_classes, sequence_length=config.seq_len,
         policy=policy, dropout=config.dropout,
@@ -246,16 +271,26 @@ def train(config=None, verbose=1, resume=None):
         f"{len(splits.test)}; {long_texts} training texts truncated to {config.seq_len} tokens."
     )
 
-    val_ds = (data.make_dataset(splits.validation, None, 64)
+    shard = distribute.shard_by_data if dist.num_workers > 1 else (lambda ds: ds)
+    val_ds = (shard(data.make_dataset(splits.validation, None, 64))
               if len(splits.validation) else None)
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     compile_classifier(model, policy, total_steps, config)
+    if dist.num_replicas > 1:  # workarounds for Keras 3.15, see tfmp.distribute
+        distribute.build_from_first_replica(model)
+    if dist.num_workers > 1:
+        distribute.vectorize_step_logs(model)
     log(f"Optimizer: {type(model.optimizer).__name__}"
         + (" (dynamic loss scale) around AdamW" if policy.loss_scaling else " (no loss scaling)"))
 
-    # --- Train into <out>.partial, rename when complete. ---
-    staging = out + ".partial"
+    # --- Train into <out>.partial, rename when complete (the chief). ---
+    if dist.is_chief:
+        staging = out + ".partial"
+    else:  # the same writes, where no one reads them
+        staging = os.environ.get("TFMP_WORKER_DIR") or tempfile.mkdtemp(
+            prefix=f"tfmp-worker{dist.worker_index}-")
+        staging = os.path.join(os.path.abspath(staging), "run.partial")
     ckpt_root = os.path.join(staging, "checkpoints")
     history = {}
     if ckpt:
@@ -264,7 +299,7 @@ def train(config=None, verbose=1, resume=None):
         history = ckpt[1].get("history") or {}
     else:
         shutil.rmtree(staging, ignore_errors=True)
-        os.makedirs(staging)
+    os.makedirs(staging, exist_ok=True)
     start_step = checkpoint.global_step(model.optimizer)
     position = checkpoint.Position.from_step(start_step, steps_per_epoch)
     if ckpt:
@@ -305,7 +340,8 @@ def train(config=None, verbose=1, resume=None):
             for epoch in range(position.epoch, config.epochs):
                 skip = position.batch if epoch == position.epoch else 0
                 model.fit(
-                    _epoch_dataset(splits.train, config.batch_size, config.seed, epoch, skip),
+                    shard(_epoch_dataset(splits.train, config.batch_size, config.seed,
+                                         epoch, skip)),
                     validation_data=val_ds, initial_epoch=epoch, epochs=epoch + 1,
                     shuffle=False, callbacks=fit_callbacks, verbose=verbose)
         except KeyboardInterrupt:
@@ -319,9 +355,15 @@ def train(config=None, verbose=1, resume=None):
             else:  # a NaN checkpoint would only resume into NaN
                 note = f"The weights are not finite, so none was saved; see {ckpt_root}."
             raise TrainingStopped(f"{e} {note}") from e
+        except Exception as e:  # a collective failed: say why, not a bare TF error
+            import tensorflow as tf
+
+            if dist.num_workers > 1 and isinstance(e, tf.errors.OpError):
+                raise distribute.worker_lost(dist, e) from e
+            raise
         train_seconds = time.perf_counter() - start
         trained_steps = checkpoint.global_step(model.optimizer) - start_step
-        test = evaluate(model, splits.test, label_map)
+        test = evaluate(model, splits.test, label_map, shard=shard)
         log(f"\nTest split ({test['examples']} examples, never trained on):\n"
             f"{test['classification_report']}"
             f"accuracy {test['accuracy']:.4f} vs majority class "
@@ -337,6 +379,8 @@ def train(config=None, verbose=1, resume=None):
             / max(train_seconds, 1e-9),
             "optimizer": state,
             "resumed_from_step": start_step if ckpt else None,
+            "strategy": {"name": dist.name, "replicas": dist.num_replicas,
+                         "workers": dist.num_workers, "reason": dist.reason},
         }
         run_config = {
             "config": config.to_json(),
@@ -372,6 +416,12 @@ def train(config=None, verbose=1, resume=None):
         raise
     # The finished run has model.keras; its checkpoints (weights + slots) go.
     shutil.rmtree(ckpt_root, ignore_errors=True)
+    if not dist.is_chief:
+        if not os.environ.get("TFMP_WORKER_DIR"):
+            shutil.rmtree(os.path.dirname(staging), ignore_errors=True)
+        log(f"Worker {dist.worker_index} done; the chief wrote {out}")
+        return RunResult(run_dir=None, policy=policy, metrics=metrics,
+                         history=history, model=model, label_map=label_map)
     if os.path.exists(out):
         shutil.rmtree(out)
     os.replace(staging, out)
