@@ -38,6 +38,9 @@ def _add_train(sub):
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--no-length-grouping", dest="length_grouping", action="store_false",
+                   default=d.length_grouping,
+                   help="batch in random order instead of grouping texts of similar length")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
@@ -115,7 +118,7 @@ def build_parser():
     # parser whose `func(args)` returns the exit status.
     import importlib
 
-    for name in ("export", "diagnose"):
+    for name in ("export", "diagnose", "bench"):
         try:
             module = importlib.import_module(f"tfmp.{name}")
         except ModuleNotFoundError as e:

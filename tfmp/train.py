@@ -181,14 +181,19 @@ def resume_point(run_dir):
     return staging, path, state, TrainConfig.from_json(state["config"])
 
 
-def _epoch_dataset(split, batch_size, seed, epoch, skip=0):
+def _epoch_dataset(split, batch_size, seed, epoch, skip=0, lengths=None):
     """The batches of `epoch`, minus the first `skip`.
 
     The order is a fixed function of (seed, epoch), not of how many times a dataset
     was iterated (as `shuffle(reshuffle_each_iteration=True)` is), so a resumed run
-    trains on exactly the batches the interrupted one had not reached.
+    trains on exactly the batches the interrupted one had not reached. With token
+    `lengths`, batches group texts of similar length (`data.length_grouped_order`).
     """
-    order = np.random.default_rng([seed & 0xFFFFFFFF, epoch]).permutation(len(split))
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch])
+    if lengths is not None:
+        order = data.length_grouped_order(lengths, batch_size, rng)
+    else:
+        order = rng.permutation(len(split))
     shuffled = data.Split([split.texts[i] for i in order], split.label_ids[order])
     return data.make_dataset(shuffled, None, batch_size).skip(skip)
 
@@ -262,7 +267,10 @@ def _train_in_scope(config, dist, policy, out, data_sha, examples, label_map, sp
         model_dir, num_classes=label_map.num_classes, sequence_length=config.seq_len,
         policy=policy, dropout=config.dropout,
     )
-    long_texts = data.count_long_texts(splits.train.texts, model.preprocessor)
+    train_lengths = data.token_lengths(splits.train.texts, model.preprocessor)
+    long_texts = int(np.sum(train_lengths > config.seq_len))
+    if not config.length_grouping:
+        train_lengths = None
     stats = dict(examples.stats, long_texts_truncated_in_train=long_texts)
     log(
         f"Data: {config.data}: {len(examples.texts)} examples "
@@ -319,7 +327,8 @@ def _train_in_scope(config, dist, policy, out, data_sha, examples, label_map, sp
     try:
         monitor = tfmp_callbacks.TrainingMonitor(
             os.path.join(staging, "logs"), update_freq=50, batch_size=config.batch_size,
-            planned_steps=total_steps, diagnose_data=(_epoch_dataset(splits.train, config.batch_size, config.seed, 0)
+            planned_steps=total_steps, diagnose_data=(_epoch_dataset(splits.train, config.batch_size, config.seed, 0,
+                                          lengths=train_lengths)
                            if policy.loss_scaling else None))
         saver = checkpoint.CheckpointSaver(ckpt_root, config.checkpoint_every,
                                            checkpoint_state)
@@ -341,7 +350,7 @@ def _train_in_scope(config, dist, policy, out, data_sha, examples, label_map, sp
                 skip = position.batch if epoch == position.epoch else 0
                 model.fit(
                     shard(_epoch_dataset(splits.train, config.batch_size, config.seed,
-                                         epoch, skip)),
+                                         epoch, skip, lengths=train_lengths)),
                     validation_data=val_ds, initial_epoch=epoch, epochs=epoch + 1,
                     shuffle=False, callbacks=fit_callbacks, verbose=verbose)
         except KeyboardInterrupt:
@@ -407,7 +416,7 @@ def _train_in_scope(config, dist, policy, out, data_sha, examples, label_map, sp
         _write_json(os.path.join(staging, "history.json"), history)
         with open(os.path.join(staging, "classification_report.txt"), "w") as f:
             f.write(test["classification_report"])
-        model.save(os.path.join(staging, "model.keras"))
+        models.save_inference_model(model, os.path.join(staging, "model.keras"))
         report.write_report(staging, run_config, metrics, history,
                             scalars=monitor.scalars, diagnosis=monitor.diagnosis)
     except BaseException:
