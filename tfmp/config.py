@@ -26,8 +26,9 @@ class TrainConfig:
     batch_size: int = 32
     seq_len: int = 64  # airline tweets are ~30 WordPiece tokens; 64 truncates <1%
     # Batch texts of similar length together (each batch is padded only to its own
-    # longest text): 1.25x examples/s on the airline tweets, same accuracy.
-    length_grouping: bool = True
+    # longest text): 1.25x examples/s in the benchmark, but on 3,000 airline tweets x 2
+    # epochs it cost 3.2 points of test accuracy (79.37% vs 82.58%), so it is opt-in.
+    length_grouping: bool = False
     lr: float = 5e-5  # peak AdamW learning rate
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1  # share of all steps spent in linear warmup

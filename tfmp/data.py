@@ -290,8 +290,9 @@ def length_grouped_order(lengths, batch_size: int, rng: np.random.Generator,
     The examples are shuffled, cut into pools of `pool_batches` batches, sorted by
     length inside each pool and cut into batches; the batches are then shuffled. As
     the model trims every batch to its longest text, similar lengths mean less
-    padding: 1.25x examples/s over random batches on the airline tweets, same test
-    accuracy (benchmarks/results). Only the last batch may be partial, and it stays
+    padding: 1.25x examples/s over random batches on the airline tweets in the
+    benchmark. It is opt-in (`--length-grouping`): batches of similar length are less
+    random, and 2 epochs on 3,000 tweets lost 3.2 points of accuracy. Only the last batch may be partial, and it stays
     last, so batching the order consecutively gives exactly these batches.
     """
     lengths = np.asarray(lengths)
