@@ -89,8 +89,14 @@ def _loss_scale(model, policy_name):
     if opt is not None and hasattr(opt, "dynamic_scale"):
         return float(keras.ops.convert_to_numpy(opt.dynamic_scale)) if opt.built \
             else float(opt.initial_scale)
-    # What tfmp's LossScaleOptimizer starts at; nothing is scaled otherwise.
-    return 2.0**15 if policy_name == "mixed_float16" else 1.0
+    # What tfmp's LossScaleOptimizer starts at; nothing is scaled otherwise. Whether a
+    # policy scales its loss is precision's decision.
+    from tfmp import precision
+    from tfmp.config import TrainConfig
+
+    if precision.resolve(policy_name).loss_scaling:
+        return TrainConfig().initial_loss_scale
+    return 1.0
 
 
 def _run_probed(model, x, y, loss_fn, scale):
