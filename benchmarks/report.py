@@ -44,7 +44,7 @@ def targets(results):
                     note=f"auto picks {auto} here")
     for label in ("tfmp / PyTorch, float32, fixed-64", "tfmp / PyTorch, bfloat16, fixed-64"):
         # Same sequence length only: a bucketed tfmp step does less work than fixed-64.
-        candidates = {k: v for k, v in ratios.items() if k.startswith("tfmp")
+        candidates = {k: v for k, v in ratios.items() if "PyTorch" in k and k.startswith("tfmp")
                       and "bucketed" not in k and label.split(", ")[1] in k and v is not None}
         if candidates:
             best = max(candidates, key=candidates.get)

@@ -25,12 +25,17 @@ import common
 
 NUM_CLASSES = 3
 BUCKET_BOUNDARIES = [16, 24, 32, 40, 48]
+# Ablations: a tfmp speed-up switched back to the Keras/keras-hub default.
+#   keras_adamw  Keras' elementwise AdamW update instead of the fused kernels
+ABLATIONS = ("keras_adamw",)
 
 
 def configs(quick):
-    def tf(policy, pipeline="fixed", xla=False, spe=1):
+    def tf(policy, pipeline="fixed", xla=False, spe=1, ablate=None):
         name = f"tf_{policy}_{pipeline}" + ("_xla" if xla else "") + (f"_spe{spe}" if spe > 1 else "")
-        return dict(name=name, engine="tf", policy=policy, pipeline=pipeline, xla=xla, spe=spe)
+        name += f"_{ablate}" if ablate else ""
+        return dict(name=name, engine="tf", policy=policy, pipeline=pipeline, xla=xla, spe=spe,
+                    ablate=ablate)
 
     def torch(policy):
         return dict(name=f"torch_{policy}_fixed", engine="torch", policy=policy,
@@ -45,6 +50,8 @@ def configs(quick):
         tf("float32", "bucket"), tf("mixed_bfloat16", "bucket"),
         tf("float32", xla=True), tf("mixed_bfloat16", xla=True),
         tf("float32", spe=8),
+        # Each of tfmp's step optimisations turned off, to show what it buys.
+        *[tf(p, ablate=a) for a in ABLATIONS for p in ("float32", "mixed_bfloat16")],
         torch("float32"), torch("bfloat16"),
     ]
 
@@ -166,15 +173,19 @@ class _TorchRunner:
         return time.perf_counter() - start, 0.0, widths
 
 
-def _load_tf_model(model_dir, policy_name, seq_len, total_steps=100_000):
+def _load_tf_model(model_dir, policy_name, seq_len, total_steps=100_000, ablate=None):
     from tfmp import models, precision
     from tfmp.config import TrainConfig
     from tfmp.train import compile_classifier
 
+    if ablate not in (None,) + ABLATIONS:
+        raise ValueError(f"unknown ablation {ablate!r}; known: {ABLATIONS}")
     policy = precision.resolve(policy_name)
     model = models.load_classifier(model_dir, num_classes=NUM_CLASSES, sequence_length=seq_len,
                                    policy=policy)
     compile_classifier(model, policy, total_steps=total_steps, config=TrainConfig())
+    if ablate == "keras_adamw":
+        getattr(model.optimizer, "inner_optimizer", model.optimizer).fused = False
     return model
 
 
@@ -209,9 +220,11 @@ def measure(model_dir, quick=False, repeats=4, steps=8, batch_size=32, seq_len=6
     for cfg in cfgs:
         if cfg["engine"] != "tf":
             continue
-        if cfg["policy"] not in tf_models:
-            tf_models[cfg["policy"]] = _load_tf_model(model_dir, cfg["policy"], seq_len)
-        model = tf_models[cfg["policy"]]
+        key = (cfg["policy"], cfg.get("ablate"))
+        if key not in tf_models:
+            tf_models[key] = _load_tf_model(model_dir, cfg["policy"], seq_len,
+                                            ablate=cfg.get("ablate"))
+        model = tf_models[key]
         ds = _datasets(texts, label_ids, model.preprocessor, batch_size, cfg["pipeline"])
         if not model.optimizer.built:
             x, y = next(iter(ds))
@@ -300,6 +313,10 @@ def compute_ratios(results):
     ratio("tf_float32_fixed_xla", "torch_float32_fixed", "tfmp XLA / PyTorch, float32, fixed-64")
     ratio("tf_mixed_bfloat16_fixed_xla", "torch_bfloat16_fixed",
           "tfmp XLA / PyTorch, bfloat16, fixed-64")
+    for ablation in ABLATIONS:
+        for policy in ("float32", "mixed_bfloat16"):
+            ratio(f"tf_{policy}_fixed", f"tf_{policy}_fixed_{ablation}",
+                  f"tfmp step / without it ({ablation}), {policy} fixed-64")
     ratio("torch_bfloat16_fixed", "torch_float32_fixed", "PyTorch autocast bfloat16 / float32")
     ratio("tf_float32_bucket", "torch_float32_fixed", "tfmp bucketed / PyTorch fixed-64, float32")
     ratio("tf_mixed_bfloat16_bucket", "torch_bfloat16_fixed",
