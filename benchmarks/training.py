@@ -26,8 +26,9 @@ import common
 NUM_CLASSES = 3
 BUCKET_BOUNDARIES = [16, 24, 32, 40, 48]
 # Ablations: a tfmp speed-up switched back to the Keras/keras-hub default.
-#   keras_adamw  Keras' elementwise AdamW update instead of the fused kernels
-ABLATIONS = ("keras_adamw",)
+#   keras_adamw    Keras' elementwise AdamW update instead of the fused kernels
+#   keras_dropout  Keras' dropout (a float draw per element) instead of FastDropout
+ABLATIONS = ("keras_adamw", "keras_dropout")
 
 
 def configs(quick):
@@ -186,6 +187,10 @@ def _load_tf_model(model_dir, policy_name, seq_len, total_steps=100_000, ablate=
     compile_classifier(model, policy, total_steps=total_steps, config=TrainConfig())
     if ablate == "keras_adamw":
         getattr(model.optimizer, "inner_optimizer", model.optimizer).fused = False
+    elif ablate == "keras_dropout":
+        from tfmp import layers
+
+        layers.use_fast_dropout(model, fast=False)
     return model
 
 

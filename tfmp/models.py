@@ -15,7 +15,7 @@ import os
 import keras
 import keras_hub
 
-from tfmp import data, precision
+from tfmp import data, layers, precision
 from tfmp.errors import InputError
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.txt")
@@ -143,6 +143,9 @@ class BertClassifier(keras_hub.models.BertTextClassifier):
         self.num_classes = num_classes
         self.activation = keras.activations.get(activation)
         self.dropout = dropout
+        # Same dropout, half the random draws (tfmp.layers): every construction path
+        # (load, rebuild, keras.saving.load_model) passes here.
+        layers.use_fast_dropout(self)
 
     def preprocess_samples(self, x, y=None, sample_weight=None):
         # keras-hub maps this over every batch of raw strings in fit/evaluate/predict.
