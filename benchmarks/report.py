@@ -14,13 +14,36 @@ def targets(results):
     tf_cfgs = {k: v for k, v in cfgs.items() if v["engine"] == "tf"}
     if tf_cfgs:
         best = max(tf_cfgs, key=lambda k: tf_cfgs[k]["mfu"] or 0)
+        bf16 = cfgs.get("tf_mixed_bfloat16_fixed", {})
+        bf16_ceiling = max(tr.get("matmul_bfloat16_gflops") or [0]) * 1e9
+        against_bf16 = (f"; tf_mixed_bfloat16_fixed against the bfloat16 matmul rate "
+                        f"({bf16_ceiling / 1e9:.0f} GFLOP/s): "
+                        f"{bf16['flops_per_second'] / bf16_ceiling:.0%}"
+                        if bf16 and bf16_ceiling else "")
         out["MFU >= 70% of the float32 matmul rate"] = dict(
             value=tf_cfgs[best]["mfu"], target=0.70, met=(tf_cfgs[best]["mfu"] or 0) >= 0.70,
             note=f"median over rounds, best: {best}; tf_float32_fixed: "
-                 f"{_f(cfgs.get('tf_float32_fixed', {}).get('mfu'))}")
+                 f"{_f(cfgs.get('tf_float32_fixed', {}).get('mfu'))}{against_bf16}")
         length_aware = {k: v for k, v in ratios.items()
-                        if k.startswith(("bucketed / fixed", "trimmed (default) / fixed"))}
-        if length_aware:
+                        if k.startswith(("bucketed / fixed", "trimmed (default) / fixed",
+                                         "grouped / fixed"))}
+        grouping = results.get("grouping", {}).get("variants", {})
+        if grouping:
+            # The real `tfmp train` runs, paired by seed, decide the accuracy question.
+            pool = tr.get("settings", {}).get("group_pool")
+            name = f"pool{pool}" if f"pool{pool}" in grouping else min(
+                (k for k in grouping if k != "random"), key=lambda k: grouping[k]["mean_width"])
+            g = grouping[name]
+            speed = length_aware.get("grouped / fixed-64, float32")
+            out["length-aware batching >= 1.5x fixed-64, same accuracy"] = dict(
+                value=speed, target=1.5, met=(speed or 0) >= 1.5
+                and g["accuracy_diff_mean"] > -0.005,
+                note=f"grouped (pool {pool}) / fixed-64 step, float32; tfmp train --length-grouping "
+                     f"--length-pool {name[4:]}: mean width {g['mean_width']:.1f} vs "
+                     f"{grouping['random']['mean_width']:.1f} random, test accuracy "
+                     f"{g['accuracy_diff_mean']:+.2%} (sd {_f(g['accuracy_diff_sd'], '{:.2%}')}) "
+                     f"vs random batches over {len(g['runs'])} seeds")
+        elif length_aware:
             best = max(length_aware, key=lambda k: length_aware[k] or 0)
             acc = results.get("accuracy", {}).get("pipelines", {})
             accuracy = ("test accuracy " + ", ".join(f"{k} {v['accuracy']:.2%}"
@@ -46,7 +69,17 @@ def targets(results):
         # Same sequence length only: a bucketed tfmp step does less work than fixed-64.
         candidates = {k: v for k, v in ratios.items() if "PyTorch" in k and k.startswith("tfmp")
                       and "bucketed" not in k and label.split(", ")[1] in k and v is not None}
-        if candidates:
+        policy = label.split(", ")[1]
+        solo = results.get("peer", {}).get(
+            {"float32": "tf_float32_fixed / torch_float32_fixed",
+             "bfloat16": "tf_mixed_bfloat16_fixed / torch_bfloat16_fixed"}[policy], {})
+        if solo.get("ratio") is not None:
+            # Each engine alone in its process: the fair comparison, so the one judged.
+            out[f"{label.replace(', fixed-64', '')} >= 1.0x"] = dict(
+                value=solo["ratio"], target=1.0, met=solo["ratio"] >= 1.0,
+                note=f"each engine alone in its process, fixed-64; in one process: "
+                     f"{_f(ratios.get(label))}")
+        elif candidates:
             best = max(candidates, key=candidates.get)
             out[f"{label.replace(', fixed-64', '')} >= 1.0x"] = dict(
                 value=candidates[best], target=1.0, met=candidates[best] >= 1.0,
@@ -102,6 +135,8 @@ def markdown(results):
             "float32 matmul rate (2048^2, best of 3, once per round): "
             + ", ".join(f"{g:.0f}" for g in tr["matmul_float32_gflops"]) + " GFLOP/s; MFU is "
             f"against the fastest ({tr['matmul_float32_ceiling_gflops']:.0f} GFLOP/s). "
+            + (f"bfloat16 matmul: {', '.join(f'{g:.0f}' for g in tr['matmul_bfloat16_gflops'])} "
+               "GFLOP/s. " if tr.get("matmul_bfloat16_gflops") else "") +
             f"`auto` picks **{tr['auto_policy']['name']}** here.",
             "",
             "| configuration | ms/step | examples/s | mean width | GFLOP/s | MFU (best round) "
@@ -123,6 +158,34 @@ def markdown(results):
         o = results["onednn"]
         lines += [f"oneDNN (`TF_ENABLE_ONEDNN_OPTS` 1 vs 0, float32 fixed-64, separate processes): "
                   f"{_f(o['ratio_on_over_off'])}x", ""]
+    if results.get("peer"):
+        lines += ["## tfmp / PyTorch, each engine alone in its own process (fixed-64)", "",
+                  "| pair | ratio (median) | tfmp ex/s per round | PyTorch ex/s per round |",
+                  "| --- | --- | --- | --- |"]
+        for pair, v in results["peer"].items():
+            lines.append(f"| {pair} | {_f(v['ratio'])}x | "
+                         f"{', '.join(f'{x:.1f}' for x in v['numerator'])} | "
+                         f"{', '.join(f'{x:.1f}' for x in v['denominator'])} |")
+        lines.append("")
+    g = results.get("grouping")
+    if g:
+        st = g["settings"]
+        lines += [f"## Length grouping vs accuracy (`tfmp train`, {st['policy']}, "
+                  f"{st['examples']} training tweets x {st['epochs']} epochs, seeds "
+                  f"{', '.join(map(str, st['seeds']))}; 1,464 test tweets)", "",
+                  "| batches | mean padded width | test accuracy, mean (sd) | vs random, "
+                  "paired by seed: mean (sd) | per seed | train ex/s vs random |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name, v in g["variants"].items():
+            label = "random (default)" if name == "random" else (
+                f"`--length-grouping --length-pool {name[4:]}`")
+            lines.append(
+                f"| {label} | {v['mean_width']:.1f} | {v['accuracy_mean']:.2%} "
+                f"({_f(v['accuracy_sd'], '{:.2%}')}) | {v['accuracy_diff_mean']:+.2%} "
+                f"({_f(v['accuracy_diff_sd'], '{:.2%}')}) | "
+                f"{', '.join(format(r['accuracy'], '.2%') for r in v['runs'])} | "
+                f"{_f(v['speed_ratio_median'])}x |")
+        lines.append("")
     p = results.get("pipeline")
     if p:
         lines += [

@@ -17,9 +17,10 @@ sys.path.insert(0, HERE)
 import common
 import report
 
-PARTS = ("pipeline", "training", "onednn", "inference", "memory", "accuracy")
+PARTS = ("pipeline", "training", "peer", "onednn", "inference", "memory", "accuracy",
+         "grouping")
 # "accuracy" (three short fine-tuning runs, ~5 min) only when asked for with --parts.
-DEFAULT_PARTS = PARTS[:-1]
+DEFAULT_PARTS = tuple(p for p in PARTS if p not in ("accuracy", "grouping"))  # minutes each
 
 
 def add_arguments(parser):
@@ -106,6 +107,17 @@ def run(args, log=print):
             model_dir, quick=quick, repeats=repeats, steps=steps,
             torch_threads=args.torch_threads,
             only=args.configs.split(",") if args.configs else None, log=log)
+    if "peer" in parts:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            log("tfmp / PyTorch with each engine alone in its process, alternating")
+            import training
+
+            results["peer"] = training.solo_ratios(model_dir, rounds=repeats, steps=steps,
+                                                   log=log)
     if "onednn" in parts:
         log("oneDNN on/off (float32, fixed-64), alternating subprocesses")
         import training
@@ -133,6 +145,14 @@ def run(args, log=print):
 
         results["accuracy"] = accuracy.measure(model_dir, examples=256 if quick else 3000,
                                                log=log)
+    if "grouping" in parts:
+        log("length grouping vs accuracy: tfmp train runs, paired by seed")
+        import grouping
+
+        results["grouping"] = grouping.measure(
+            None if model_dir == models.default_model_dir() else model_dir,
+            seeds=(0,) if quick else (0, 1, 2), examples=256 if quick else 3000,
+            epochs=1 if quick else 2, log=log)
     results["wall_seconds"] = time.time() - started
     results["targets"] = report.targets(results)
 

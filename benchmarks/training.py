@@ -7,7 +7,8 @@ Each configuration is one way to run the same training step (model, batch, AdamW
     policy  float32, mixed_bfloat16, mixed_float16 (torch: float32 or autocast bfloat16)
     input   fixed: padded to --seq-len; default: tfmp's pipeline (each batch trimmed to its
             longest tweet); bucket: batches of similar length (bucket_by_sequence_length),
-            then trimmed
+            then trimmed; grouped: tfmp's --length-grouping order (pools of GROUP_POOL
+            batches sorted by length), then trimmed
     xla     the step under tf.function(jit_compile=True)
     spe     steps per tf.function call (Keras' steps_per_execution)
 
@@ -25,6 +26,7 @@ import common
 
 NUM_CLASSES = 3
 BUCKET_BOUNDARIES = [16, 24, 32, 40, 48]
+GROUP_POOL = 8  # batches per length-sorted pool in the "grouped" pipeline
 # Ablations: a tfmp speed-up switched back to the Keras/keras-hub default.
 #   keras_adamw    Keras' elementwise AdamW update instead of the fused kernels
 #   keras_dropout  Keras' dropout (a float draw per element) instead of FastDropout
@@ -49,6 +51,7 @@ def configs(quick):
         tf("float32"), tf("mixed_bfloat16"), tf("mixed_float16"),
         tf("float32", "default"), tf("mixed_bfloat16", "default"), tf("mixed_float16", "default"),
         tf("float32", "bucket"), tf("mixed_bfloat16", "bucket"),
+        tf("float32", "grouped"), tf("mixed_bfloat16", "grouped"),
         tf("float32", xla=True), tf("mixed_bfloat16", xla=True),
         tf("float32", spe=8),
         # Each of tfmp's step optimisations turned off, to show what it buys.
@@ -63,9 +66,21 @@ def _datasets(texts, label_ids, preprocessor, batch_size, pipeline, seed=0):
 
     from tfmp import data
 
+    if pipeline == "grouped":
+        # What `tfmp train --length-grouping --length-pool GROUP_POOL` feeds: each epoch
+        # a seeded order of similar-length batches (`data.length_grouped_order`).
+        import numpy as np
+
+        lengths = np.minimum(data.token_lengths(texts, preprocessor),
+                             preprocessor.sequence_length)
+        rng = np.random.default_rng(seed)
+        order = np.concatenate([data.length_grouped_order(lengths, batch_size, rng, GROUP_POOL)
+                                for _ in range(4)])
+        texts, label_ids = [texts[i] for i in order], np.asarray(label_ids)[order]
     ds = tf.data.Dataset.from_tensor_slices(
         (tf.constant(texts, tf.string), tf.constant(label_ids, tf.int32)))
-    ds = ds.shuffle(len(texts), seed=seed).repeat()
+    ds = (ds.repeat() if pipeline == "grouped" else
+          ds.shuffle(len(texts), seed=seed).repeat())
 
     def tokenize(trim):
         def fn(t, labels):
@@ -73,10 +88,10 @@ def _datasets(texts, label_ids, preprocessor, batch_size, pipeline, seed=0):
             return (data.trim_padding(x) if trim else x), y
         return fn
 
-    if pipeline in ("fixed", "default"):
+    if pipeline in ("fixed", "default", "grouped"):
         # What `data.make_dataset(split, preprocessor, batch)` builds (trim=False for fixed).
         ds = ds.batch(batch_size, drop_remainder=True)
-        ds = ds.map(tokenize(pipeline == "default"), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(tokenize(pipeline != "fixed"), num_parallel_calls=tf.data.AUTOTUNE)
     elif pipeline == "bucket":
         # Tokenize in big batches, then regroup examples of similar length.
         ds = ds.batch(256).map(tokenize(False), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
@@ -251,9 +266,11 @@ def measure(model_dir, quick=False, repeats=4, steps=8, batch_size=32, seq_len=6
         log(f"  warm-up {cfg['name']}: {time.perf_counter() - t:.1f} s")
 
     rounds = {c["name"]: [] for c in cfgs}
-    matmul = []
+    matmul, matmul_bf16 = [], []
     for r in range(repeats):
         matmul.append(common.matmul_flops_per_second(n=512 if quick else 2048, repeats=3))
+        matmul_bf16.append(common.matmul_flops_per_second(n=512 if quick else 2048, repeats=3,
+                                                          dtype="bfloat16"))
         order = cfgs if r % 2 == 0 else cfgs[::-1]  # A B C, C B A: drift cancels
         for cfg in order:
             n = cfg["spe"] if cfg["spe"] > 1 else steps
@@ -275,8 +292,9 @@ def measure(model_dir, quick=False, repeats=4, steps=8, batch_size=32, seq_len=6
     results = {"configs": {}, "ratios": {}, "settings": dict(
         repeats=repeats, steps_per_repeat=steps, batch_size=batch_size, seq_len=seq_len,
         torch_threads=torch_threads, train_examples=len(texts),
-        bucket_boundaries=BUCKET_BOUNDARIES)}
+        bucket_boundaries=BUCKET_BOUNDARIES, group_pool=GROUP_POOL)}
     results["matmul_float32_gflops"] = [m / 1e9 for m in matmul]
+    results["matmul_bfloat16_gflops"] = [m / 1e9 for m in matmul_bf16]
     for cfg in cfgs:
         rs = rounds[cfg["name"]]
         results["configs"][cfg["name"]] = dict(
@@ -311,6 +329,8 @@ def compute_ratios(results):
         ratio(f"tf_{policy}_default", f"tf_{policy}_fixed", f"trimmed (default) / fixed-64, {policy}")
         ratio(f"tf_{policy}_bucket", f"tf_{policy}_fixed", f"bucketed / fixed-64, {policy}")
         ratio(f"tf_{policy}_bucket", f"tf_{policy}_default", f"bucketed / trimmed, {policy}")
+        ratio(f"tf_{policy}_grouped", f"tf_{policy}_fixed", f"grouped / fixed-64, {policy}")
+        ratio(f"tf_{policy}_grouped", f"tf_{policy}_default", f"grouped / trimmed, {policy}")
         ratio(f"tf_{policy}_fixed_xla", f"tf_{policy}_fixed", f"XLA / default step, {policy} fixed-64")
     ratio("tf_float32_fixed_spe8", "tf_float32_fixed", "steps_per_execution 8 / 1, float32 fixed-64")
     ratio("tf_float32_fixed", "torch_float32_fixed", "tfmp / PyTorch, float32, fixed-64")
@@ -368,6 +388,46 @@ def onednn_ratio(model_dir, rounds=2, steps=6, quick=False, log=print):
             "ratio_on_over_off": common.paired_ratio(on, off)}
 
 
+# Engine pairs timed again with each engine alone in its own process (`solo_ratios`).
+SOLO_PAIRS = (("tf_float32_fixed", "torch_float32_fixed"),
+              ("tf_mixed_bfloat16_fixed", "torch_bfloat16_fixed"))
+
+
+def solo_ratios(model_dir, pairs=SOLO_PAIRS, rounds=2, steps=6, log=print):
+    """examples/s ratios of configuration pairs, each configuration alone in a process.
+
+    The in-process comparison (`measure`) shares one process between TensorFlow's and
+    PyTorch's thread pools; this one gives each engine a process of its own, started
+    alternately (A B, B A, ...), so neither can slow the other. Each pair: the per-round
+    examples/s and the median of the paired ratios.
+    """
+    out = {}
+    for a, b in pairs:
+        values = {a: [], b: []}
+        for r in range(rounds):
+            for name in (a, b) if r % 2 == 0 else (b, a):
+                cmd = [sys.executable, os.path.abspath(__file__), "--solo-worker", name,
+                       "--model", model_dir, "--steps", str(steps)]
+                env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+                if proc.returncode != 0:
+                    log(f"  solo worker {name} failed: {proc.stderr[-2000:]}")
+                    return out
+                values[name].append(
+                    json.loads(proc.stdout.strip().splitlines()[-1])["examples_per_second"])
+                log(f"  alone: {name} {values[name][-1]:.1f} ex/s")
+        out[f"{a} / {b}"] = {"numerator": values[a], "denominator": values[b],
+                             "ratio": common.paired_ratio(values[a], values[b])}
+    return out
+
+
+def _solo_worker(model_dir, name, steps):
+    if name.startswith("torch"):
+        import torch  # noqa: F401  (before TensorFlow, as in run.py)
+    results = measure(model_dir, repeats=1, steps=steps, only=[name], log=lambda *a: None)
+    print(json.dumps({"examples_per_second": results["configs"][name]["examples_per_second"]}))
+
+
 def _onednn_worker(model_dir, steps):
     model = _load_tf_model(model_dir, "float32", 64)
     texts, label_ids = _training_split(2048)
@@ -388,6 +448,7 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--onednn-worker", action="store_true")
+    parser.add_argument("--solo-worker", default=None)
     a = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from tfmp import models as _models
@@ -395,6 +456,8 @@ if __name__ == "__main__":
     model_dir = a.model or _models.default_model_dir()
     if a.onednn_worker:
         _onednn_worker(model_dir, a.steps)
+    elif a.solo_worker:
+        _solo_worker(model_dir, a.solo_worker, a.steps)
     else:
         print(json.dumps(measure(model_dir, quick=a.quick, repeats=2 if a.quick else 4,
                                  steps=2 if a.quick else a.steps), indent=1, default=str))

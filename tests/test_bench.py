@@ -46,3 +46,27 @@ def test_quick_bench_writes_json_and_markdown_with_ratios(tmp_path, tiny_bert_di
     markdown = (tmp_path / json_name.replace(".json", ".md")).read_text(encoding="utf-8")
     assert "| `tf_float32_fixed` |" in markdown
     assert ("tfmp / PyTorch, float32" in markdown) == HAVE_TORCH
+
+
+def test_grouping_study_pairs_seeds_and_grouped_batches_are_narrower(tiny_bert_dir):
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    import grouping
+
+    out = grouping.measure(tiny_bert_dir, seeds=(0, 1), pools=(2,), examples=192, epochs=1,
+                           policy="float32", log=lambda *a: None)
+    random_, pooled = out["variants"]["random"], out["variants"]["pool2"]
+    assert [r["seed"] for r in pooled["runs"]] == [0, 1]
+    assert random_["accuracy_diff_mean"] == 0.0
+    diffs = [p["accuracy"] - r["accuracy"] for p, r in zip(pooled["runs"], random_["runs"])]
+    assert abs(pooled["accuracy_diff_mean"] - sum(diffs) / 2) < 1e-12
+    # (The tiny BERT's letter vocabulary makes every tweet fill --seq-len, so the widths
+    # are checked on tweet-like lengths instead.) Sorting pools pads less than random.
+    import numpy as np
+
+    lengths = np.random.default_rng(0).integers(8, 64, size=3000)
+    random_width = grouping.mean_width(lengths, 32, seed=0, epochs=2, pool=None)
+    assert grouping.mean_width(lengths, 32, 0, 2, pool=8) < random_width - 5
+    assert grouping.mean_width(lengths, 32, 0, 2, pool=50) < grouping.mean_width(
+        lengths, 32, 0, 2, pool=8)
