@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tfmp import cli
+from tfmp.errors import UserError
 from tfmp.train import TrainConfig, load_model, train
 
 WORDS = {
@@ -174,3 +175,16 @@ def test_cli_subprocess_bad_input_has_no_traceback(tmp_path):
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "nope.tsv" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_length_grouping_is_on_by_default_and_can_be_turned_off():
+    from tfmp import cli
+
+    parser = cli.build_parser()
+    on = parser.parse_args(["train", "--data", "x.csv"])
+    off = parser.parse_args(["train", "--data", "x.csv", "--no-length-grouping",
+                             "--length-pool", "3"])
+    assert on.length_grouping is True and on.length_pool == 8
+    assert off.length_grouping is False and off.length_pool == 3
+    with pytest.raises(UserError, match="--length-pool"):
+        TrainConfig(length_pool=0).validate()

@@ -38,9 +38,14 @@ def _add_train(sub):
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seq-len", type=int, default=d.seq_len)
-    p.add_argument("--length-grouping", action="store_true", default=d.length_grouping,
-                   help="batch texts of similar length together: faster, but measured "
-                   "3.2 points less accurate on 3,000 airline tweets")
+    p.add_argument("--length-grouping", action=argparse.BooleanOptionalAction,
+                   default=d.length_grouping,
+                   help="batch texts of similar length together (default on: 1.5x fewer "
+                   "padded tokens than random batches on tweets, same test accuracy over "
+                   "3 seeds); --no-length-grouping for fully random batches")
+    p.add_argument("--length-pool", type=int, default=d.length_pool,
+                   help="with --length-grouping: batches per pool sorted by length "
+                   f"(default {d.length_pool}; larger pads less, is less random)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)

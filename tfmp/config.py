@@ -26,9 +26,13 @@ class TrainConfig:
     batch_size: int = 32
     seq_len: int = 64  # airline tweets are ~30 WordPiece tokens; 64 truncates <1%
     # Batch texts of similar length together (each batch is padded only to its own
-    # longest text): 1.25x examples/s in the benchmark, but on 3,000 airline tweets x 2
-    # epochs it cost 3.2 points of test accuracy (79.37% vs 82.58%), so it is opt-in.
-    length_grouping: bool = False
+    # longest text): shuffle, sort pools of `length_pool` batches by length, shuffle the
+    # batches. On 3,000 airline tweets x 2 epochs, 3 seeds: mean padded width 32.6
+    # instead of 48.1 (random batches) and 64 (fixed), test accuracy 82.51% vs 81.03%
+    # (+1.5 points, sd of the paired difference 2.9: no loss). Pools of 50 batches pad
+    # less (29.8) but are less random (sd 3.7). benchmarks/grouping.py measures it.
+    length_grouping: bool = True
+    length_pool: int = 8
     lr: float = 5e-5  # peak AdamW learning rate
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1  # share of all steps spent in linear warmup
@@ -76,6 +80,7 @@ class TrainConfig:
     def validate(self):
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}."),
+            (self.length_pool >= 1, f"--length-pool must be at least 1, got {self.length_pool}."),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}."),
             (self.seq_len >= 8, f"--seq-len must be at least 8, got {self.seq_len}."),
             (self.lr > 0, f"--lr must be positive, got {self.lr}."),
