@@ -116,8 +116,8 @@ def run(args, log=print):
             log("tfmp / PyTorch with each engine alone in its process, alternating")
             import training
 
-            results["peer"] = training.solo_ratios(model_dir, rounds=repeats, steps=steps,
-                                                   log=log)
+            results["peer"] = training.solo_ratios(model_dir, rounds=min(repeats, 2),
+                                                   steps=steps, log=log)
     if "onednn" in parts:
         log("oneDNN on/off (float32, fixed-64), alternating subprocesses")
         import training
