@@ -80,7 +80,8 @@ class TrainConfig:
     def validate(self):
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}."),
-            (self.length_pool >= 1, f"--length-pool must be at least 1, got {self.length_pool}."),
+            (self.length_pool >= 1,
+             f"--length-pool must be at least 1, got {self.length_pool}."),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}."),
             (self.seq_len >= 8, f"--seq-len must be at least 8, got {self.seq_len}."),
             (self.lr > 0, f"--lr must be positive, got {self.lr}."),
