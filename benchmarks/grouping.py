@@ -28,7 +28,7 @@ def mean_width(lengths, batch_size, seed, epochs, pool):
 
     widths = []
     for epoch in range(epochs):
-        rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch])  # as train._epoch_dataset
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch])  # as data.epoch_dataset
         order = (rng.permutation(len(lengths)) if pool is None
                  else data.length_grouped_order(lengths, batch_size, rng, pool))
         widths += [int(lengths[order[i:i + batch_size]].max())

@@ -111,12 +111,14 @@ def markdown(results):
         "",
         f"Command: `{results['command']}`"
         + (f"; accuracy: `{results['accuracy_command']}`" if results.get("accuracy_command")
+           else "")
+        + (f"; grouping: `{results['grouping_command']}`" if results.get("grouping_command")
            else "") + "  ",
         f"Machine: {m['cpu']}, {m['usable_cores']} usable cores; "
         + ", ".join(f"{k} {val}" for k, val in v.items() if val) + "  ",
         f"Wall time {results['wall_seconds'] / 60:.1f} min. Ratios are medians over alternating "
         "rounds in one process (A B C, C B A, ...); absolute times are indicative only "
-        "(other jobs shared the cores).",
+        "(they move with whatever else runs on the machine).",
         "",
     ]
     if results.get("targets"):

@@ -314,3 +314,18 @@ def length_grouped_order(lengths, batch_size: int, rng: np.random.Generator,
     return np.concatenate(full + tail_batches) if full or tail_batches else order
 
 
+def epoch_dataset(split, batch_size, seed, epoch, skip=0, lengths=None, pool_batches=8):
+    """The batches of `epoch`, minus the first `skip`.
+
+    The order is a fixed function of (seed, epoch), not of how many times a dataset
+    was iterated (as `shuffle(reshuffle_each_iteration=True)` is), so a resumed run
+    trains on exactly the batches the interrupted one had not reached. With token
+    `lengths`, batches group texts of similar length (`length_grouped_order`).
+    """
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch])
+    if lengths is not None:
+        order = length_grouped_order(lengths, batch_size, rng, pool_batches)
+    else:
+        order = rng.permutation(len(split))
+    shuffled = Split([split.texts[i] for i in order], split.label_ids[order])
+    return make_dataset(shuffled, None, batch_size).skip(skip)

@@ -181,23 +181,6 @@ def resume_point(run_dir):
     return staging, path, state, TrainConfig.from_json(state["config"])
 
 
-def _epoch_dataset(split, batch_size, seed, epoch, skip=0, lengths=None, pool_batches=8):
-    """The batches of `epoch`, minus the first `skip`.
-
-    The order is a fixed function of (seed, epoch), not of how many times a dataset
-    was iterated (as `shuffle(reshuffle_each_iteration=True)` is), so a resumed run
-    trains on exactly the batches the interrupted one had not reached. With token
-    `lengths`, batches group texts of similar length (`data.length_grouped_order`).
-    """
-    rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch])
-    if lengths is not None:
-        order = data.length_grouped_order(lengths, batch_size, rng, pool_batches)
-    else:
-        order = rng.permutation(len(split))
-    shuffled = data.Split([split.texts[i] for i in order], split.label_ids[order])
-    return data.make_dataset(shuffled, None, batch_size).skip(skip)
-
-
 def _weights_finite(model):
     return all(np.isfinite(w).all() for w in model.get_weights())
 
@@ -328,9 +311,9 @@ def _train_in_scope(config, dist, policy, out, data_sha, examples, label_map, sp
         monitor = tfmp_callbacks.TrainingMonitor(
             os.path.join(staging, "logs"), update_freq=50, batch_size=config.batch_size,
             planned_steps=total_steps,
-            diagnose_data=(_epoch_dataset(splits.train, config.batch_size, config.seed, 0,
-                                          lengths=train_lengths,
-                                          pool_batches=config.length_pool)
+            diagnose_data=(data.epoch_dataset(splits.train, config.batch_size, config.seed, 0,
+                                              lengths=train_lengths,
+                                              pool_batches=config.length_pool)
                            if policy.loss_scaling else None))
         saver = checkpoint.CheckpointSaver(ckpt_root, config.checkpoint_every,
                                            checkpoint_state)
@@ -351,9 +334,9 @@ def _train_in_scope(config, dist, policy, out, data_sha, examples, label_map, sp
             for epoch in range(position.epoch, config.epochs):
                 skip = position.batch if epoch == position.epoch else 0
                 model.fit(
-                    shard(_epoch_dataset(splits.train, config.batch_size, config.seed,
-                                         epoch, skip, lengths=train_lengths,
-                                         pool_batches=config.length_pool)),
+                    shard(data.epoch_dataset(splits.train, config.batch_size, config.seed,
+                                             epoch, skip, lengths=train_lengths,
+                                             pool_batches=config.length_pool)),
                     validation_data=val_ds, initial_epoch=epoch, epochs=epoch + 1,
                     shuffle=False, callbacks=fit_callbacks, verbose=verbose)
         except KeyboardInterrupt:
