@@ -157,7 +157,8 @@ class AdamW(keras.optimizers.AdamW):
 
         def apply_all(distribution, variables):
             for variable in variables:
-                variable = getattr(variable, "value", variable)  # the tf.Variable
+                if isinstance(variable, keras.Variable):
+                    variable = variable.value  # the tf.Variable underneath
                 distribution.extended.update(variable, decay, group=False)
 
         tf.__internal__.distribute.interim.maybe_merge_call(
