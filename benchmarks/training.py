@@ -30,7 +30,8 @@ GROUP_POOL = 8  # batches per length-sorted pool in the "grouped" pipeline
 # Ablations: a tfmp speed-up switched back to the Keras/keras-hub default.
 #   keras_adamw    Keras' elementwise AdamW update instead of the fused kernels
 #   keras_dropout  Keras' dropout (a float draw per element) instead of FastDropout
-ABLATIONS = ("keras_adamw", "keras_dropout")
+#   keras_gelu     keras-hub's unfused tanh GELU instead of the XLA-fused one
+ABLATIONS = ("keras_adamw", "keras_dropout", "keras_gelu")
 
 
 def configs(quick):
@@ -206,6 +207,10 @@ def _load_tf_model(model_dir, policy_name, seq_len, total_steps=100_000, ablate=
         from tfmp import layers
 
         layers.use_fast_dropout(model, fast=False)
+    elif ablate == "keras_gelu":
+        from tfmp import layers
+
+        layers.use_fused_gelu(model, fused=False)
     return model
 
 
@@ -259,10 +264,13 @@ def measure(model_dir, quick=False, repeats=4, steps=8, batch_size=32, seq_len=6
         for cfg in torch_cfgs:
             runners[cfg["name"]] = _TorchRunner(cfg, model_dir, batches, torch_threads)
 
-    # Warm-up: tracing, XLA compilation, oneDNN primitive caches, a few batch widths.
+    # Warm-up: tracing, XLA compilation, oneDNN primitive caches. Varying-width inputs get
+    # 30 steps: tfmp's fused GELU compiles once per batch width (~80 ms), a cost a real
+    # run pays once (~55 widths in ~4 s) but 18 timed steps would see as a steady state.
     for cfg in cfgs:
         t = time.perf_counter()
-        runners[cfg["name"]].chunk(cfg["spe"] if cfg["spe"] > 1 else (2 if quick else 3))
+        runners[cfg["name"]].chunk(cfg["spe"] if cfg["spe"] > 1 else (
+            2 if quick else 3 if cfg["pipeline"] == "fixed" else 30))
         log(f"  warm-up {cfg['name']}: {time.perf_counter() - t:.1f} s")
 
     rounds = {c["name"]: [] for c in cfgs}

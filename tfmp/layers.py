@@ -1,6 +1,7 @@
 """Faster drop-in versions of Keras layers for the training step on CPUs.
 
     use_fast_dropout(classifier)   # every plain keras Dropout in it becomes FastDropout
+    use_fused_gelu(classifier)     # keras-hub's tanh GELU as one XLA kernel each way
 
 keras-hub's BERT runs 20 dropouts per MiniLM step (attention probabilities, attention
 output and feed-forward output in each of 6 layers, embeddings, pooled output). Keras'
@@ -87,3 +88,75 @@ def use_fast_dropout(model, fast=True):
             layer.__class__ = target
             swapped += 1
     return swapped
+
+
+# keras-hub's BERT feed-forward activation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+_GELU_K = 0.7978845608028654  # sqrt(2 / pi)
+_GELU_C = 0.044715
+
+
+def _gelu_kernels():
+    """The forward and backward GELU, each one XLA-fused loop, computed in float32."""
+    import tensorflow as tf
+
+    @tf.function(jit_compile=True)
+    def forward(x):
+        y = tf.cast(x, "float32")
+        t = tf.tanh(_GELU_K * y * (1.0 + _GELU_C * y * y))
+        return tf.cast(0.5 * y * (1.0 + t), x.dtype)
+
+    @tf.function(jit_compile=True)
+    def backward(x, dy):
+        y = tf.cast(x, "float32")
+        y2 = y * y
+        t = tf.tanh(_GELU_K * y * (1.0 + _GELU_C * y2))
+        d = 0.5 * (1.0 + t) + 0.5 * _GELU_K * y * (1.0 - t * t) * (1.0 + 3.0 * _GELU_C * y2)
+        return tf.cast(tf.cast(dy, "float32") * d, x.dtype)
+
+    return forward, backward
+
+
+_KERNELS = []
+
+
+def fused_gelu_approximate(x):
+    """keras-hub's `gelu_approximate` with both passes fused by XLA (TensorFlow only).
+
+    Unfused, TensorFlow runs the tanh GELU and its autodiff gradient as ~15 elementwise
+    ops, each a pass over a (batch, width, 1536) tensor: 9 ms per MiniLM layer here,
+    2-3 ms fused. Same formula; computed in float32 whatever the input dtype, so under
+    mixed precision it is, if anything, more exact than the unfused one.
+    """
+    import tensorflow as tf
+
+    if not _KERNELS:
+        _KERNELS.extend(_gelu_kernels())
+    forward, backward = _KERNELS
+
+    @tf.custom_gradient
+    def gelu(x):
+        return forward(x), lambda dy: backward(x, dy)
+
+    return gelu(x)
+
+
+def use_fused_gelu(model, fused=True):
+    """Gives every Dense with keras-hub's `gelu_approximate` the fused GELU (or back).
+
+    For training: `tfmp.train.compile_classifier` applies it. The activation is not
+    part of any saved config (keras-hub rebuilds its Dense layers from the encoder's
+    own config), so saved and exported models keep keras-hub's GELU, and the SavedModel
+    and TFLite graphs hold no XLA-compiled functions. Returns how many layers changed.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return 0
+    from keras_hub.src.utils.keras_utils import gelu_approximate
+
+    source, target = ((gelu_approximate, fused_gelu_approximate) if fused
+                      else (fused_gelu_approximate, gelu_approximate))
+    changed = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.Dense) and layer.activation is source:
+            layer.activation = target
+            changed += 1
+    return changed

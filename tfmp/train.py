@@ -39,6 +39,7 @@ import numpy as np
 
 from tfmp import callbacks as tfmp_callbacks
 from tfmp import checkpoint, data, distribute, models, optimizer, precision, report
+from tfmp import layers as tfmp_layers
 from tfmp.config import TrainConfig  # noqa: F401  (re-exported: tfmp.train.TrainConfig)
 from tfmp.errors import TrainingStopped, UserError
 
@@ -91,6 +92,8 @@ def compile_classifier(model, policy, total_steps, config):
         dynamic_growth_steps=config.dynamic_growth_steps,
         min_scale=config.min_loss_scale,
     )
+    # Training only: the fused GELU is an XLA kernel, which export graphs should not hold.
+    tfmp_layers.use_fused_gelu(model)
     model.compile(
         optimizer=opt,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
