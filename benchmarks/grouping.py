@@ -12,12 +12,26 @@ Run alone: `python benchmarks/grouping.py --seeds 0,1,2 --pools 8,50`
 (`tfmp bench --parts grouping`). Each run takes 1-2 minutes on a 2-core CPU.
 """
 
+import argparse
+import dataclasses
 import os
 import statistics
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def int_list(text, minimum=0):
+    """`--seeds` / `--pools`: comma-separated integers >= `minimum`, or a usage error."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = None
+    if not values or min(values) < minimum:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers >= {minimum} (e.g. 8,50), got {text!r}")
+    return values
 
 
 def mean_width(lengths, batch_size, seed, epochs, pool):
@@ -59,9 +73,9 @@ def measure(model_dir=None, seeds=(0, 1, 2), pools=(8, 50), examples=3000, epoch
                                  base.seq_len)
             order = variants if seed % 2 == 0 else variants[::-1]  # alternate: drift cancels
             for name, pool in order:
-                config = TrainConfig(**{**base.__dict__, "out": os.path.join(tmp, name),
-                                        "overwrite": True, "length_grouping": pool is not None,
-                                        "length_pool": pool or base.length_pool})
+                config = dataclasses.replace(
+                    base, out=os.path.join(tmp, name), overwrite=True,
+                    length_grouping=pool is not None, length_pool=pool or base.length_pool)
                 result = train(config, verbose=0)
                 m = result.metrics
                 runs[name].append({
@@ -92,18 +106,17 @@ def measure(model_dir=None, seeds=(0, 1, 2), pools=(8, 50), examples=3000, epoch
 
 
 if __name__ == "__main__":
-    import argparse
     import json
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=None)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--pools", default="8,50")
+    parser.add_argument("--seeds", type=int_list, default=[0, 1, 2])
+    parser.add_argument("--pools", type=lambda t: int_list(t, minimum=1), default=[8, 50],
+                        help="batches per length-sorted pool, one variant each")
     parser.add_argument("--examples", type=int, default=3000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--policy", default="mixed_bfloat16")
     a = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    print(json.dumps(measure(a.model, [int(s) for s in a.seeds.split(",")],
-                             [int(p) for p in a.pools.split(",")], a.examples, a.epochs,
-                             a.policy), indent=1))
+    print(json.dumps(measure(a.model, a.seeds, a.pools, a.examples, a.epochs, a.policy),
+                     indent=1))

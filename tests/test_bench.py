@@ -70,3 +70,14 @@ def test_grouping_study_pairs_seeds_and_grouped_batches_are_narrower(tiny_bert_d
     assert grouping.mean_width(lengths, 32, 0, 2, pool=8) < random_width - 5
     assert grouping.mean_width(lengths, 32, 0, 2, pool=50) < grouping.mean_width(
         lengths, 32, 0, 2, pool=8)
+
+
+def test_grouping_cli_refuses_bad_seed_and_pool_lists():
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "grouping.py")
+    for args, flag in ((["--pools", "8,0"], "--pools"), (["--seeds", "one"], "--seeds")):
+        proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+        assert proc.returncode == 2 and f"argument {flag}: expected comma-separated" in proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -1,7 +1,11 @@
 """Precision policies: which one, why, and whether it needs loss scaling.
 
 Every decision about numeric precision in tfmp is made here; the optimizer, model and
-export modules ask a `Policy` instead of looking at policy names themselves.
+export modules ask a `Policy` instead of looking at policy names themselves. Two fixed
+float32 islands hold under every policy and are named here so this stays the one list:
+the `logits` layer (`models.BertClassifier`: the loss and softmax need float32), and the
+arithmetic inside the training step's fused GELU (`layers.fused_gelu_approximate`: it
+reads and writes the compute dtype, and float32 inside is free once XLA fuses the loop).
 
     policy = resolve("auto")          # Policy(name="mixed_bfloat16", reason="...")
     with policy_scope(policy):        # sets keras' global policy, restores it on exit
