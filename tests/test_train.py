@@ -188,3 +188,10 @@ def test_length_grouping_is_on_by_default_and_can_be_turned_off():
     assert off.length_grouping is False and off.length_pool == 3
     with pytest.raises(UserError, match="--length-pool"):
         TrainConfig(length_pool=0).validate()
+
+
+def test_configs_saved_before_length_pool_resume_with_the_pools_they_used():
+    old = TrainConfig(length_grouping=True).to_json()
+    del old["length_pool"]  # as written by runs before the flag existed
+    assert TrainConfig.from_json(old).length_pool == 50
+    assert TrainConfig.from_json(TrainConfig().to_json()).length_pool == 8

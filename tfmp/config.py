@@ -75,6 +75,9 @@ class TrainConfig:
         if d.get("labels"):
             d["labels"] = tuple(d["labels"])
         d["float32_layers"] = tuple(d.get("float32_layers") or ())
+        # Saved before --length-pool existed: grouping then sorted pools of 50 batches, and
+        # a resumed run must rebuild exactly those batches.
+        d.setdefault("length_pool", 50)
         return cls(**d)
 
     def validate(self):
