@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tfmp import data, readers
-from tfmp.data import LabelMap, Split, count_long_texts, load_examples, make_dataset, split_examples
+from tfmp.data import LabelMap, Split, load_examples, make_dataset, split_examples
 from tfmp.errors import InputError
 
 
@@ -29,7 +29,7 @@ def test_airline_has_14638_rows_with_known_class_counts():
     examples = load_examples("airline")
     assert len(examples) == 14638
     assert collections.Counter(examples.labels) == {"negative": 9176, "neutral": 3099, "positive": 2363}
-    assert examples.stats == {"rows_read": 14638, "dropped_empty_text": 0, "replaced_bytes": 0, "long_texts": 0}
+    assert examples.stats == {"rows_read": 14638, "dropped_empty_text": 0, "replaced_bytes": 0}
     assert all(readers._AIRLINE_PATTERN.search(t) for t in examples.texts)
     assert len(examples.rows) == 14638 and examples.rows == sorted(examples.rows)
 
@@ -344,11 +344,13 @@ def test_split_smaller_than_a_dropped_batch_or_empty_is_rejected(preprocessor):
         make_dataset(Split([], np.zeros(0)), preprocessor, 4)
 
 
-def test_count_long_texts_counts_texts_that_get_truncated(preprocessor):
+def test_token_lengths_count_cls_and_sep_and_find_the_texts_that_get_truncated(preprocessor):
     # sequence_length 16 leaves 14 word pieces; 14 fits exactly, 15 is truncated.
     texts = ["great " * 14, "great " * 15, "the flight", "crew " * 40]
-    assert count_long_texts(texts, preprocessor) == 2
-    assert count_long_texts([], preprocessor) == 0
+    lengths = data.token_lengths(texts, preprocessor)
+    assert lengths.tolist() == [16, 17, 4, 42]
+    assert int((lengths > preprocessor.sequence_length).sum()) == 2
+    assert data.token_lengths([], preprocessor).shape == (0,)
 
 
 def test_length_grouped_order_is_a_permutation_of_similar_length_batches():

