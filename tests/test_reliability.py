@@ -18,7 +18,9 @@ import pytest
 
 from tfmp import checkpoint
 from tfmp.errors import TrainingStopped, UserError
-from tfmp.train import TrainConfig, load_model, train
+from tfmp.config import TrainConfig, config_differences
+from tfmp.models import load_model
+from tfmp.train import train
 
 from test_train import write_sentiment_csv  # noqa: E402  (tests/ is on sys.path)
 
@@ -131,7 +133,7 @@ def test_resume_refuses_a_config_that_changes_the_result(killed_and_resumed, csv
     assert "batch_size: 8 in the checkpoint, 16 now" in str(e.value)
     assert "policy" in str(e.value) and "seq_len" not in str(e.value)
     # What does not change the result may differ.
-    assert checkpoint.config_differences(
+    assert config_differences(
         config, TrainConfig.from_json(dict(saved["config"], min_loss_scale=2.0))) == []
 
 

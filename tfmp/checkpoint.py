@@ -21,7 +21,6 @@ to be plain names inside the checkpoint directory.
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -31,7 +30,9 @@ import warnings
 import keras
 import numpy as np
 
+from tfmp import files
 from tfmp.errors import InputError
+from tfmp.optimizer import global_step
 
 KEEP = 2  # checkpoints kept: the newest, and one to fall back to if it is damaged
 POINTER = "latest"
@@ -40,88 +41,17 @@ ARRAYS = "state.npz"
 STATE = "state.json"
 _NAME = re.compile(r"^ckpt-(\d{9})$")
 
-# TrainConfig fields that do not change what a run computes: they may differ on resume.
-# Every other field (model, data, policy, batch size, sequence length, optimizer,
-# seeds, ...) must match, or the resumed run would not be the run that was started.
-# `strategy` may change: the batch is global and a checkpoint holds one copy of each
-# variable, so a run started on 2 GPUs can resume on 1 (or on 2 hosts).
-RESUMABLE_FIELDS = frozenset({
-    "out", "overwrite", "min_loss_scale", "skip_window", "max_skip_share",
-    "checkpoint_every", "strategy",
-})
-
-
-def result_fields(config):
-    """The `TrainConfig` fields (as JSON) that change the result of a run."""
-    d = config.to_json()
-    return {k: d[k] for k in sorted(d) if k not in RESUMABLE_FIELDS}
-
-
-def config_hash(config):
-    text = json.dumps(result_fields(config), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def config_differences(saved, given):
-    """Names and values of the result-changing fields where `given` differs from `saved`."""
-    a, b = result_fields(saved), result_fields(given)
-    return [f"{k}: {a[k]!r} in the checkpoint, {b.get(k)!r} now" for k in a if a[k] != b.get(k)]
-
-
 def file_fingerprint(path):
     """SHA-256 of a data file (None for built-in datasets), to refuse a changed file."""
     if not path or not os.path.isfile(path):
         return None
-    return _sha256(path)
-
-
-def global_step(optimizer):
-    """Batches trained so far: applied updates plus skipped (overflowed) steps."""
-    iterations = int(keras.ops.convert_to_numpy(optimizer.iterations))
-    skipped = getattr(optimizer, "skipped_steps", None)
-    if skipped is None or not optimizer.built:
-        return iterations
-    return iterations + int(keras.ops.convert_to_numpy(skipped))
+    return files.sha256(path)
 
 
 def _extra_model_variables(model):
     # SeedGenerator states: in `model.variables` but not in `model.weights`.
     weights = {id(w) for w in model.weights}
     return [v for v in model.variables if id(v) not in weights]
-
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_file(path):
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # not supported on every platform/filesystem
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path, text):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path))
 
 
 def save(root, model, state):
@@ -154,16 +84,16 @@ def save(root, model, state):
                        for i, v in enumerate(extra)})
         with open(os.path.join(tmp, ARRAYS), "wb") as f:
             np.savez(f, **arrays)
-        files = {}
+        written = {}
         for fname in (WEIGHTS, ARRAYS):
             path = os.path.join(tmp, fname)
-            _fsync_file(path)
-            files[fname] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
-        state = dict(state, global_step=step, files=files,
+            files.fsync_file(path)
+            written[fname] = {"bytes": os.path.getsize(path), "sha256": files.sha256(path)}
+        state = dict(state, global_step=step, files=written,
                      optimizer_variables=[v.path for v in opt_vars],
                      seed_variables=[v.path for v in extra])
-        _write_atomic(os.path.join(tmp, STATE), json.dumps(state, indent=2, default=str))
-        _fsync_dir(tmp)
+        files.write_atomic(os.path.join(tmp, STATE), json.dumps(state, indent=2, default=str))
+        files.fsync_dir(tmp)
         if os.path.exists(final):  # an epoch end right after a step checkpoint: replace it
             stale = os.path.join(root, f".stale-{name}-{os.getpid()}")
             os.replace(final, stale)
@@ -171,11 +101,11 @@ def save(root, model, state):
             shutil.rmtree(stale, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync_dir(root)
+        files.fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_atomic(os.path.join(root, POINTER), name + "\n")
+    files.write_atomic(os.path.join(root, POINTER), name + "\n")
     for old in _checkpoint_names(root)[:-KEEP]:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
     return final
@@ -188,7 +118,9 @@ def remove_temporaries(root):
     except OSError:
         return
     for name in names:
-        if name.startswith((".tmp-", ".stale-", POINTER + ".tmp-")):
+        # .tmp-/.stale-: checkpoint directories; .latest.*.tmp: the pointer's temp file
+        # (tfmp.files.write_atomic); latest.tmp-*: the same, from before it existed.
+        if name.startswith((".tmp-", ".stale-", POINTER + ".tmp-", f".{POINTER}.")):
             path = os.path.join(root, name)
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
@@ -212,10 +144,10 @@ def _verify(path):
             state = json.load(f)
     except (OSError, ValueError) as e:
         raise ValueError(f"{state_path}: unreadable ({e})") from None
-    files = state.get("files")
-    if not isinstance(files, dict) or set(files) != {WEIGHTS, ARRAYS}:
+    listed = state.get("files")
+    if not isinstance(listed, dict) or set(listed) != {WEIGHTS, ARRAYS}:
         raise ValueError(f"{state_path}: no file list")
-    for fname, expected in files.items():
+    for fname, expected in listed.items():
         # Only the two fixed names are accepted: nothing outside the checkpoint is read.
         fpath = os.path.join(path, fname)
         if not os.path.isfile(fpath):
@@ -223,7 +155,7 @@ def _verify(path):
         if os.path.getsize(fpath) != expected.get("bytes"):
             raise ValueError(f"{fpath}: truncated ({os.path.getsize(fpath)} bytes, "
                              f"{expected.get('bytes')} written)")
-        if _sha256(fpath) != expected.get("sha256"):
+        if files.sha256(fpath) != expected.get("sha256"):
             raise ValueError(f"{fpath}: corrupt (checksum differs)")
     return state
 
@@ -279,20 +211,6 @@ def restore(model, path, state):
                         f"{os.path.join(path, ARRAYS)}: {names[i]} has shape {value.shape}, "
                         f"the model's {v.path} {tuple(v.shape)}.")
                 v.assign(value)
-
-
-def staging_dir(run_dir):
-    """The `<out>.partial` directory of an unfinished run, given it or `<out>`."""
-    run_dir = os.path.abspath(os.fspath(run_dir).rstrip("/\\"))
-    staging = run_dir if run_dir.endswith(".partial") else run_dir + ".partial"
-    if os.path.isdir(os.path.join(staging, "checkpoints")):
-        return staging
-    if os.path.isfile(os.path.join(run_dir, "model.keras")):
-        raise InputError(f"'{run_dir}' is a finished run (it has model.keras): nothing to "
-                         "resume. Start a new run with another --out.")
-    raise InputError(
-        f"'{run_dir}' is not a resumable run directory: no checkpoints/ in it or in "
-        f"'{run_dir}.partial'. Pass the --out of an interrupted `tfmp train`.")
 
 
 @dataclasses.dataclass

@@ -1,63 +1,91 @@
-"""`TrainConfig`: the settings of one run, built alike by the CLI, notebooks and Python."""
+"""`TrainConfig`: the settings of one run, built alike by the CLI, notebooks and Python.
+
+Each field is the one place for a setting's name, default and help: `tfmp.cli`
+generates the `tfmp train` flags (and the shared `tfmp diagnose` ones) from them, so
+`--seq-len` is `TrainConfig.seq_len` everywhere. Also here: which fields may change
+when a run is resumed (`RESUMABLE_FIELDS`), and the fingerprint that checks it.
+"""
 
 import dataclasses
+import hashlib
+import json
 
 from tfmp.errors import UserError
+
+
+def _setting(default, help, **cli):
+    """A field with its `--flag` help; `cli` holds extra argparse hints (choices, ...)."""
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
 
 
 @dataclasses.dataclass
 class TrainConfig:
     """Settings of one run. Every default is what `tfmp train` uses without the flag."""
 
-    # Data: "airline", "tweets" or a .csv/.tsv/.jsonl path.
-    data: str = "airline"
-    text_column: str | None = None  # None: "text"
-    label_column: str | None = None  # None: "label" ("sentiment" for built-ins)
-    labels: tuple | None = None  # label map in id order; None: from the data
-    encoding: str = "utf-8"  # of user files; the built-ins are Latin-1
-    on_decode_error: str = "replace"  # or "strict": refuse undecodable bytes
-    # Model: a Hugging Face BERT checkpoint dir; None is the bundled all-MiniLM-L6-v2.
-    model: str | None = None
-    # Precision: auto, float32, mixed_float16 or mixed_bfloat16.
-    policy: str = "auto"
-    # Layers computed in float32 whatever the policy (paths from `tfmp diagnose`).
-    float32_layers: tuple = ()
-    epochs: int = 2
-    batch_size: int = 32
-    seq_len: int = 64  # airline tweets are ~30 WordPiece tokens; 64 truncates <1%
+    # --- Data ---
+    data: str = _setting("airline", "airline, tweets, or a .csv/.tsv/.jsonl file")
+    text_column: str | None = _setting(None, "text column of a data file (default: text)")
+    label_column: str | None = _setting(
+        None, "label column of a data file (default: label; sentiment for the built-ins)")
+    labels: tuple | None = _setting(
+        None, "comma-separated label names in id order (default: taken from the data)")
+    encoding: str = _setting("utf-8", "data file encoding (the built-ins are Latin-1)")
+    on_decode_error: str = _setting(
+        "replace", "undecodable bytes: replace and count, or refuse",
+        choices=("replace", "strict"))
+    # --- Model and precision ---
+    model: str | None = _setting(
+        None, "Hugging Face BERT checkpoint directory (default: the bundled all-MiniLM-L6-v2)")
+    policy: str = _setting("auto", "precision policy; auto picks from the hardware and says why")
+    float32_layers: tuple = _setting(
+        (), "comma-separated layer paths or patterns to keep in float32 (from `tfmp diagnose`)")
+    # --- Batches ---
+    epochs: int = _setting(2, "passes over the training split")
+    batch_size: int = _setting(32, "global batch size (split across replicas)")
+    # Airline tweets are ~30 WordPiece tokens; 64 truncates <1%.
+    seq_len: int = _setting(64, "tokens per text after truncation")
     # Batch texts of similar length together (each batch is padded only to its own
     # longest text): shuffle, sort pools of `length_pool` batches by length, shuffle the
-    # batches. On 3,000 airline tweets x 2 epochs, 3 seeds: mean padded width 32.6
-    # instead of 48.1 (random batches) and 64 (fixed), test accuracy 82.51% vs 81.03%
-    # (+1.5 points, sd of the paired difference 2.9: no loss). Pools of 50 batches pad
-    # less (29.8) but are less random (sd 3.7). benchmarks/grouping.py measures it.
-    length_grouping: bool = True
-    length_pool: int = 8
-    lr: float = 5e-5  # peak AdamW learning rate
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1  # share of all steps spent in linear warmup
-    clipnorm: float | None = 1.0  # global-norm clipping of unscaled gradients
-    dropout: float = 0.1
-    max_train_examples: int | None = None  # cap on the training split only
-    validation_fraction: float = 0.1
-    test_fraction: float = 0.1
-    seed: int = 0
-    # Loss scaling (mixed_float16 only).
-    initial_loss_scale: float = 2.0**15
-    dynamic_growth_steps: int = 2000
-    min_loss_scale: float = 1.0  # below this, training stops with an error
-    # Skip-rate guard (mixed_float16 only): stop when more than this share of the last
-    # `skip_window` steps overflowed; a healthy run skips a handful in thousands.
-    skip_window: int = 100
-    max_skip_share: float = 0.5
-    # Checkpoint every this many optimizer steps (and at every epoch end); 0: epoch
-    # ends only. A MiniLM checkpoint (weights + AdamW slots) is ~270 MB and ~1 s.
-    checkpoint_every: int = 500
-    # tf.distribute strategy: auto, none, mirrored, multi_worker or tpu (tfmp.distribute);
-    # auto is none on one device. `batch_size` is global: split across the replicas.
-    strategy: str = "auto"
-    out: str = "runs/run"
-    overwrite: bool = False  # replace an existing run directory
+    # batches. benchmarks/grouping.py measures padding and accuracy against random
+    # batches over several seeds; the README has the latest numbers.
+    length_grouping: bool = _setting(
+        True, "batch texts of similar length together (fewer padded tokens, same test "
+        "accuracy over 3 seeds); --no-length-grouping for fully random batches")
+    length_pool: int = _setting(
+        8, "with --length-grouping: batches per pool sorted by length (larger pads less, "
+        "is less random)")
+    # --- Optimizer ---
+    lr: float = _setting(5e-5, "peak AdamW learning rate")
+    weight_decay: float = _setting(0.01, "decoupled weight decay of matrices")
+    warmup_ratio: float = _setting(0.1, "share of all steps spent in linear warmup")
+    clipnorm: float | None = _setting(
+        1.0, "global-norm clipping of unscaled gradients; 0 turns it off", zero_is_none=True)
+    dropout: float = _setting(0.1, "dropout on the pooled output")
+    # --- Splits ---
+    max_train_examples: int | None = _setting(None, "cap on the training split only")
+    validation_fraction: float = _setting(0.1, "share of the data held out for validation")
+    test_fraction: float = _setting(0.1, "share of the data held out for the test report")
+    seed: int = _setting(0, "seed of the splits, initialisation, dropout and batch order")
+    # --- Loss scaling and guards (mixed_float16 only) ---
+    initial_loss_scale: float = _setting(2.0**15, "loss scale at the first step")
+    dynamic_growth_steps: int = _setting(
+        2000, "clean steps after which the loss scale doubles")
+    min_loss_scale: float = _setting(1.0, "below this loss scale, training stops with an error")
+    # Stop when more than this share of the last `skip_window` steps overflowed; a
+    # healthy run skips a handful in thousands.
+    skip_window: int = _setting(100, "steps over which the overflow skip rate is measured")
+    max_skip_share: float = _setting(
+        0.5, "stop when more than this share of the last --skip-window steps overflowed")
+    # --- Run ---
+    # A MiniLM checkpoint (weights + AdamW slots) is ~270 MB and ~1 s to write.
+    checkpoint_every: int = _setting(
+        500, "optimizer steps between checkpoints, besides each epoch end; 0: epoch ends only")
+    strategy: str = _setting(
+        "auto", "tf.distribute strategy; auto: multi_worker if TF_CONFIG names several "
+        "workers, else tpu, else mirrored on 2+ GPUs, else none. --batch-size is the "
+        "global batch")
+    out: str = _setting("runs/run", "run directory to write (required unless --resume)")
+    overwrite: bool = _setting(False, "replace an existing --out")
 
     def to_json(self):
         d = dataclasses.asdict(self)
@@ -99,3 +127,31 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+
+
+# TrainConfig fields that do not change what a run computes: they may differ on resume.
+# Every other field (model, data, policy, batch size, sequence length, optimizer,
+# seeds, ...) must match, or the resumed run would not be the run that was started.
+# `strategy` may change: the batch is global and a checkpoint holds one copy of each
+# variable, so a run started on 2 GPUs can resume on 1 (or on 2 hosts).
+RESUMABLE_FIELDS = frozenset({
+    "out", "overwrite", "min_loss_scale", "skip_window", "max_skip_share",
+    "checkpoint_every", "strategy",
+})
+
+
+def result_fields(config):
+    """The `TrainConfig` fields (as JSON) that change the result of a run."""
+    d = config.to_json()
+    return {k: d[k] for k in sorted(d) if k not in RESUMABLE_FIELDS}
+
+
+def config_hash(config):
+    text = json.dumps(result_fields(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_differences(saved, given):
+    """Names and values of the result-changing fields where `given` differs from `saved`."""
+    a, b = result_fields(saved), result_fields(given)
+    return [f"{k}: {a[k]!r} in the checkpoint, {b.get(k)!r} now" for k in a if a[k] != b.get(k)]
