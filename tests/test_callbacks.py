@@ -15,6 +15,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from tfmp import callbacks, optimizer, precision
+from tfmp.config import TrainConfig
 
 MINE_SCALED = {
     callbacks.LOSS_SCALE, callbacks.SKIPPED_STEPS, callbacks.SKIP_RATE, callbacks.OVERFLOW,
@@ -65,8 +66,9 @@ def _model(policy="mixed_float16", poison_step=0, initial_scale=2.0**10, growth=
             keras.layers.Dense(2, dtype="float32", name="logits"),
         ])
     opt = optimizer.build_optimizer(
-        precision.Policy(policy), total_steps=STEPS * epochs, learning_rate=1e-2,
-        warmup_ratio=0.25, initial_scale=initial_scale, dynamic_growth_steps=growth)
+        precision.Policy(policy), total_steps=STEPS * epochs, config=TrainConfig(
+            lr=1e-2, warmup_ratio=0.25, initial_loss_scale=initial_scale,
+            dynamic_growth_steps=growth))
     model.compile(optimizer=opt, loss="mse", steps_per_execution=steps_per_execution,
                   auto_scale_loss=False)
     return model

@@ -29,7 +29,8 @@ _TRAIN = """
 import json, os, sys
 import keras, keras_hub, numpy as np
 from tfmp import checkpoint, models
-from tfmp.train import TrainConfig, train
+from tfmp.config import TrainConfig
+from tfmp.train import train
 
 preset = keras_hub.models.BertBackbone.from_preset
 keras_hub.models.BertBackbone.from_preset = lambda *a, **k: preset(*a, dropout=0.0, **k)
@@ -166,12 +167,13 @@ _NONFINITE = """
 import json, sys
 import keras, numpy as np, tensorflow as tf
 from tfmp import distribute, optimizer, precision
+from tfmp.config import TrainConfig
 
 dist = distribute.resolve("mirrored")
 with dist.strategy.scope():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
     opt = optimizer.build_optimizer(precision.resolve("mixed_float16"), total_steps=3,
-                                    learning_rate=0.1, warmup_ratio=0.0)
+                                    config=TrainConfig(lr=0.1, warmup_ratio=0.0))
 
     def loss(y, p):
         # y[:, 1] is 1 only in the second batch; only replica 1 turns it into inf.

@@ -9,7 +9,6 @@ is not skipped and would silently wreck the weights).
 """
 
 import collections
-import json
 import logging
 import math
 import os
@@ -18,7 +17,9 @@ import warnings
 
 import keras
 
+from tfmp import diagnose, files
 from tfmp.errors import TrainingStopped
+from tfmp.optimizer import OVERFLOW_LOG_SIZE, LossScaleOptimizer, global_step
 
 
 class LossScaleGuard(keras.callbacks.Callback):
@@ -44,7 +45,9 @@ class LossScaleGuard(keras.callbacks.Callback):
         if batch % self.check_every:
             return
         optimizer = self.model.optimizer
-        if hasattr(optimizer, "check_scale"):
+        # tfmp.optimizer.build_optimizer wraps exactly when precision says the policy
+        # scales its loss; the wrapper is what holds the scale to check.
+        if isinstance(optimizer, LossScaleOptimizer):
             optimizer.check_scale()
             self._check_skip_rate(optimizer)
         elif logs and "loss" in logs and not math.isfinite(float(logs["loss"])):
@@ -61,7 +64,7 @@ class LossScaleGuard(keras.callbacks.Callback):
         if not optimizer.built:
             return
         skipped = int(_number(optimizer.skipped_steps))
-        step = int(_number(optimizer.iterations)) + skipped
+        step = global_step(optimizer)
         self._skips.append((step, skipped))
         while self._skips and self._skips[0][0] < step - self.skip_window:
             self._skips.popleft()
@@ -160,9 +163,7 @@ class TrainingMonitor(keras.callbacks.Callback):
         return int(_number(opt.skipped_steps))
 
     def _global_step(self):
-        _, inner = self._optimizers()
-        # The inner optimizer does not count skipped steps; the global step does.
-        return int(_number(inner.iterations)) + self._skipped()
+        return global_step(self.model.optimizer)
 
     def _rate_at(self, iteration):
         _, inner = self._optimizers()
@@ -266,8 +267,6 @@ class TrainingMonitor(keras.callbacks.Callback):
         skipped = self._skipped()
         scale = self._scale()
         if skipped > self._seen_skipped:
-            from tfmp.optimizer import OVERFLOW_LOG_SIZE
-
             steps = keras.ops.convert_to_numpy(opt.overflow_steps)
             scales = keras.ops.convert_to_numpy(opt.overflow_scales)
             # Older entries than the ring holds are lost; the count stays exact.
@@ -337,10 +336,8 @@ class TrainingMonitor(keras.callbacks.Callback):
         self._note(message)
 
     def _diagnose(self, step):
-        from tfmp import diagnose
-
         self.diagnosis = diagnose.diagnose(self.model, self.diagnose_data)
         os.makedirs(self.log_dir, exist_ok=True)
-        with open(os.path.join(self.log_dir, "diagnosis.json"), "w") as f:
-            json.dump(dict(self.diagnosis, overflow_step=step), f, indent=2)
+        files.write_json(os.path.join(self.log_dir, "diagnosis.json"),
+                         dict(self.diagnosis, overflow_step=step))
         self._note(f"First overflow at step {step}. " + diagnose.summary(self.diagnosis))

@@ -1,6 +1,7 @@
 """AdamW with warmup and linear decay, wrapped in a loss-scale optimizer under float16.
 
-    optimizer = build_optimizer(policy, total_steps=1000, learning_rate=5e-5)
+    optimizer = build_optimizer(policy, total_steps=1000, config=TrainConfig(lr=5e-5))
+    global_step(optimizer)         # batches trained so far, skipped steps included
 
 Under `mixed_float16` this returns a `LossScaleOptimizer` (Keras' dynamic loss scale,
 plus a skipped-step counter and a minimum scale); under every other policy it returns
@@ -11,6 +12,7 @@ import keras
 from keras import ops
 from keras.src.utils import tracking
 
+from tfmp.config import TrainConfig
 from tfmp.errors import TrainingStopped
 
 # The weight-decay rule (as in BERT and nanoGPT): only matrices decay. Biases, and the
@@ -289,40 +291,28 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         return config
 
 
-def build_optimizer(
-    policy,
-    total_steps,
-    learning_rate=5e-5,
-    warmup_ratio=0.1,
-    weight_decay=0.01,
-    clipnorm=1.0,
-    initial_scale=2.0**15,
-    dynamic_growth_steps=2000,
-    min_scale=1.0,
-):
+def build_optimizer(policy, total_steps, config=None):
     """AdamW with warmup/decay, wrapped for loss scaling when `policy` needs it.
 
     Args:
         policy: `tfmp.precision.Policy`.
         total_steps: int. Optimizer steps in the whole run.
-        learning_rate: float. Peak learning rate.
-        warmup_ratio: float. Share of `total_steps` spent warming up.
-        weight_decay: float. Decoupled weight decay for matrices (see
-            `NO_DECAY_PATTERNS`).
-        clipnorm: float or None. Global-norm clipping. Applied by the inner AdamW,
-            i.e. to the gradients after the loss scale has been divided out.
-        initial_scale, dynamic_growth_steps, min_scale: loss-scale settings, used
-            only under `mixed_float16`.
+        config: `TrainConfig` or None (its defaults). Read: `lr` (peak rate),
+            `warmup_ratio`, `weight_decay` (matrices only, see `NO_DECAY_PATTERNS`),
+            `clipnorm` (global norm of the gradients after the loss scale is divided
+            out: the inner AdamW clips), and under `mixed_float16` only
+            `initial_loss_scale`, `dynamic_growth_steps` and `min_loss_scale`.
     """
+    config = config or TrainConfig()
     schedule = WarmupLinearDecay(
-        peak=learning_rate,
+        peak=config.lr,
         total_steps=total_steps,
-        warmup_steps=round(warmup_ratio * total_steps),
+        warmup_steps=round(config.warmup_ratio * total_steps),
     )
     adamw = AdamW(
         learning_rate=schedule,
-        weight_decay=weight_decay,
-        global_clipnorm=clipnorm or None,
+        weight_decay=config.weight_decay,
+        global_clipnorm=config.clipnorm or None,
         epsilon=1e-6,
     )
     adamw.exclude_from_weight_decay(var_names=list(NO_DECAY_PATTERNS))
@@ -330,10 +320,23 @@ def build_optimizer(
         return adamw
     return LossScaleOptimizer(
         adamw,
-        initial_scale=initial_scale,
-        dynamic_growth_steps=dynamic_growth_steps,
-        min_scale=min_scale,
+        initial_scale=config.initial_loss_scale,
+        dynamic_growth_steps=config.dynamic_growth_steps,
+        min_scale=config.min_loss_scale,
     )
+
+
+def global_step(optimizer):
+    """Batches trained so far: applied updates plus skipped (overflowed) steps.
+
+    The one definition of a run's step: checkpoints are named by it, TensorBoard
+    logs at it, and a resumed run starts from it.
+    """
+    iterations = int(ops.convert_to_numpy(optimizer.iterations))
+    skipped = getattr(optimizer, "skipped_steps", None)
+    if skipped is None or not optimizer.built:
+        return iterations
+    return iterations + int(ops.convert_to_numpy(skipped))
 
 
 def loss_scale_state(optimizer):

@@ -9,10 +9,9 @@ The Markdown is meant to be read in a minute: outcome first, then precision
 hardware.
 """
 
-import json
 import os
 
-from tfmp import callbacks
+from tfmp import callbacks, diagnose, files, precision
 
 PLOTS = {
     "curves": "plot_loss_accuracy.png",
@@ -22,12 +21,7 @@ PLOTS = {
 
 
 def _hardware(versions):
-    import tensorflow as tf
-
-    gpus = []
-    for device in tf.config.list_physical_devices("GPU"):
-        details = tf.config.experimental.get_device_details(device)
-        gpus.append(details.get("device_name", device.name))
+    gpus = [name for name, _ in precision.list_gpus()]
     return {
         "machine": versions.get("machine"),
         "processor": versions.get("processor"),
@@ -185,8 +179,6 @@ def to_markdown(report):
             f"{_fmt(p['final_nominal_learning_rate'], '.3g')})."),
         ]
     if p.get("diagnosis"):
-        from tfmp import diagnose
-
         lines.append(f"- Diagnosis at the first overflow: {diagnose.summary(p['diagnosis'])}")
     lines += [
         "",
@@ -233,9 +225,6 @@ def write_report(run_dir, run_config, metrics, history, scalars=None, diagnosis=
     _plot(os.path.join(run_dir, PLOTS["curves"]), _draw_curves(history))
     _plot(os.path.join(run_dir, PLOTS["loss_scale"]), _draw_loss_scale(scalars, policy_name))
     _plot(os.path.join(run_dir, PLOTS["throughput"]), _draw_throughput(scalars))
-    with open(os.path.join(run_dir, "report.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, default=str)
-        f.write("\n")
-    with open(os.path.join(run_dir, "report.md"), "w", encoding="utf-8") as f:
-        f.write(to_markdown(report))
+    files.write_json(os.path.join(run_dir, "report.json"), report)
+    files.write_atomic(os.path.join(run_dir, "report.md"), to_markdown(report))
     return report
