@@ -56,7 +56,8 @@ def measure(model_dir=None, seeds=(0, 1, 2), pools=(8, 50), examples=3000, epoch
 
     from tfmp import models
     from tfmp.config import TrainConfig
-    from tfmp.train import prepare_data, train
+    from tfmp.data import prepare_data
+    from tfmp.train import train
 
     variants = [("random", None)] + [(f"pool{p}", p) for p in pools]
     runs = {name: [] for name, _ in variants}

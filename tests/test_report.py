@@ -5,7 +5,8 @@ import pytest
 from test_train import write_sentiment_csv
 
 from tfmp import callbacks, report
-from tfmp.train import TrainConfig, train
+from tfmp.config import TrainConfig
+from tfmp.train import train
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ import pytest
 
 from tfmp import cli
 from tfmp.errors import UserError
-from tfmp.train import TrainConfig, load_model, train
+from tfmp.config import TrainConfig
+from tfmp.models import load_model
+from tfmp.train import train
 
 WORDS = {
     "negative": ["worst", "awful", "rude", "hate", "delayed", "cancelled"],
@@ -181,9 +183,9 @@ def test_length_grouping_is_on_by_default_and_can_be_turned_off():
     from tfmp import cli
 
     parser = cli.build_parser()
-    on = parser.parse_args(["train", "--data", "x.csv"])
-    off = parser.parse_args(["train", "--data", "x.csv", "--no-length-grouping",
-                             "--length-pool", "3"])
+    on = TrainConfig(**cli.values_given(parser.parse_args(["train", "--data", "x.csv"])))
+    off = TrainConfig(**cli.values_given(parser.parse_args(
+        ["train", "--data", "x.csv", "--no-length-grouping", "--length-pool", "3"])))
     assert on.length_grouping is True and on.length_pool == 8
     assert off.length_grouping is False and off.length_pool == 3
     with pytest.raises(UserError, match="--length-pool"):

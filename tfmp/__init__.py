@@ -4,11 +4,11 @@ __version__ = "0.1.0"
 
 from tfmp.data import LabelMap, load_examples, make_dataset, split_examples
 from tfmp.errors import InputError, PolicyError, TrainingStopped, UserError
-from tfmp.models import BertClassifier, load_classifier, rebuild_float32
+from tfmp.models import BertClassifier, load_classifier, load_model, rebuild_float32
 from tfmp.optimizer import LossScaleOptimizer, WarmupLinearDecay, build_optimizer
 from tfmp.precision import Policy, policy_scope, resolve, set_global_policy
 from tfmp.config import TrainConfig
-from tfmp.train import compile_classifier, evaluate, load_model, train
+from tfmp.train import compile_classifier, evaluate, train
 
 __all__ = [
     "BertClassifier",
