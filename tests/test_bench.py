@@ -1,11 +1,10 @@
 """`tfmp bench --quick` on a tiny BERT: the results file has its schema and its ratios."""
 
-import argparse
 import importlib.util
 import json
 import os
 
-from tfmp import bench
+from tfmp import cli
 
 # The PyTorch peer is in the `bench` extra (torch 2.13.0); without it the quick run
 # measures tfmp's own configurations only.
@@ -13,18 +12,14 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 TF_ONLY = "tf_float32_fixed,tf_mixed_bfloat16_fixed,tf_float32_default,tf_float32_bucket"
 
 
-def _args(tmp_path, model_dir, parts):
-    parser = argparse.ArgumentParser()
-    bench.add_cli(parser.add_subparsers()).set_defaults()
-    return parser.parse_args([
-        "bench", "--quick", "--model", model_dir, "--out-dir", str(tmp_path),
-        "--parts", parts, "--repeats", "2", "--steps", "1"]
-        + ([] if HAVE_TORCH else ["--configs", TF_ONLY]))
+def _argv(tmp_path, model_dir, parts):
+    return (["--quick", "--model", model_dir, "--out-dir", str(tmp_path),
+             "--parts", parts, "--repeats", "2", "--steps", "1"]
+            + ([] if HAVE_TORCH else ["--configs", TF_ONLY]))
 
 
 def test_quick_bench_writes_json_and_markdown_with_ratios(tmp_path, tiny_bert_dir):
-    args = _args(tmp_path, tiny_bert_dir, "training")
-    assert args.func(args) == 0
+    assert cli.main(["bench"] + _argv(tmp_path, tiny_bert_dir, "training")) == 0
     [json_name] = [n for n in os.listdir(tmp_path) if n.endswith("-quick.json")]
     with open(tmp_path / json_name, encoding="utf-8") as f:
         results = json.load(f)

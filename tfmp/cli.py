@@ -1,4 +1,12 @@
-"""The `tfmp` command.
+"""The `tfmp` command: every sub-command is named here.
+
+    tfmp train      fine-tune a classifier (tfmp.train.train)
+    tfmp diagnose   find the layers that overflow float16 (tfmp.diagnose.diagnose)
+    tfmp export     SavedModel, TFLite and Hugging Face variants behind a parity gate
+    tfmp bench      the benchmark suite of a source checkout (tfmp.bench)
+
+The flags of `train` (and the shared ones of `diagnose`) are generated from
+`TrainConfig`'s fields: a setting's name, default and help live in `tfmp.config`.
 
 Exit status: 0 on success, 2 for bad usage or bad input (message on stderr, no
 traceback), 1 for an internal failure, 3 when training was stopped on purpose
@@ -7,101 +15,99 @@ saving a checkpoint.
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 
+# Before TensorFlow is first imported (by the modules below): no C++ start-up noise.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tfmp import bench, data, diagnose, distribute, export, files, models, precision  # noqa: E402
+from tfmp.config import TrainConfig  # noqa: E402
+from tfmp.errors import TrainingStopped, UserError  # noqa: E402
+from tfmp.rundir import resume_point  # noqa: E402
+from tfmp.train import train  # noqa: E402
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# Choices that come from the modules that decide them.
+CHOICES = {"policy": precision.CHOICES, "strategy": distribute.CHOICES}
+# The `TrainConfig` fields `tfmp diagnose` reads (data, model, precision, batch).
+DIAGNOSE_FIELDS = ("data", "text_column", "label_column", "labels", "encoding",
+                   "on_decode_error", "model", "policy", "float32_layers", "batch_size",
+                   "seq_len", "seed")
+
+
+def _comma_list(text):
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def add_config_flags(parser, names, defaults=None):
+    """Adds a `--flag` for each named `TrainConfig` field, from its type, default and help.
+
+    Every flag defaults to None (`values_given` tells a given flag from an absent
+    one); the help shows the field's default, or `defaults[name]` where a command
+    overrides it.
+    """
+    defaults = defaults or {}
+    for name in names:
+        field = FIELDS[name]
+        default = defaults.get(name, field.default)
+        kind = str(field.type)
+        kwargs = {"default": None, "help": field.metadata["help"]}
+        if default not in (None, ()):
+            kwargs["help"] += f" (default: {default})"
+        if field.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif "tuple" in kind:
+            kwargs["type"] = _comma_list
+        elif "int" in kind:
+            kwargs["type"] = int
+        elif "float" in kind:
+            kwargs["type"] = float
+        choices = CHOICES.get(name) or field.metadata.get("choices")
+        if choices:
+            kwargs["choices"] = choices
+        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
+
+
+def values_given(args, defaults=None):
+    """The `TrainConfig` values of the flags given on the command line (and `defaults`)."""
+    values = dict(defaults or {})
+    values.update({k: v for k, v in vars(args).items() if k in FIELDS and v is not None})
+    for name, value in list(values.items()):
+        if FIELDS[name].metadata.get("zero_is_none") and value == 0:
+            values[name] = None  # e.g. --clipnorm 0: no clipping
+    return values
+
+
+# --- tfmp train ---
+
 
 def _add_train(sub):
-    from tfmp.distribute import CHOICES as CHOICES_STRATEGY
-    from tfmp.precision import CHOICES
-    from tfmp.train import TrainConfig
-
-    d = TrainConfig()
     p = sub.add_parser("train", help="fine-tune a BERT classifier",
                        description="Fine-tune a BERT-family classifier under a "
                        "precision policy and write a run directory.")
-    p.add_argument("--data", default=d.data,
-                   help="airline, tweets, or a .csv/.tsv/.jsonl file (default: %(default)s)")
-    p.add_argument("--text-column", help="text column of a data file (default: text)")
-    p.add_argument("--label-column", help="label column of a data file (default: label)")
-    p.add_argument("--labels", help="comma-separated label names in id order "
-                   "(default: taken from the data)")
-    p.add_argument("--encoding", default=d.encoding, help="data file encoding (default: %(default)s)")
-    p.add_argument("--on-decode-error", choices=("replace", "strict"), default=d.on_decode_error,
-                   help="undecodable bytes: replace and count, or refuse (default: %(default)s)")
-    p.add_argument("--model", help="Hugging Face BERT checkpoint directory "
-                   "(default: the bundled all-MiniLM-L6-v2)")
-    p.add_argument("--policy", default=d.policy, choices=CHOICES,
-                   help="precision policy (default: %(default)s)")
-    p.add_argument("--float32-layers", help="comma-separated layer paths or patterns to "
-                   "keep in float32 (from `tfmp diagnose`)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--seq-len", type=int, default=d.seq_len)
-    p.add_argument("--length-grouping", action=argparse.BooleanOptionalAction,
-                   default=d.length_grouping,
-                   help="batch texts of similar length together (default on: 1.5x fewer "
-                   "padded tokens than random batches on tweets, same test accuracy over "
-                   "3 seeds); --no-length-grouping for fully random batches")
-    p.add_argument("--length-pool", type=int, default=d.length_pool,
-                   help="with --length-grouping: batches per pool sorted by length "
-                   f"(default {d.length_pool}; larger pads less, is less random)")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-ratio", type=float, default=d.warmup_ratio)
-    p.add_argument("--clipnorm", type=float, default=d.clipnorm,
-                   help="global-norm clipping of unscaled gradients; 0 turns it off")
-    p.add_argument("--max-train-examples", type=int, help="cap on the training split")
-    p.add_argument("--validation-fraction", type=float, default=d.validation_fraction)
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--min-loss-scale", type=float, default=d.min_loss_scale)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
-                   help="optimizer steps between checkpoints, besides each epoch end; "
-                   "0: epoch ends only (default: %(default)s)")
-    p.add_argument("--strategy", default=d.strategy, choices=CHOICES_STRATEGY,
-                   help="tf.distribute strategy; auto: multi_worker if TF_CONFIG names "
-                   "several workers, else tpu, else mirrored on 2+ GPUs, else none. "
-                   "--batch-size is the global batch (default: %(default)s)")
-    p.add_argument("--out", help="run directory to write (required unless --resume)")
+    add_config_flags(p, list(FIELDS))
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the interrupted run in RUN_DIR (its --out, or "
                    "RUN_DIR.partial) from its newest checkpoint; other flags may only "
                    "change what does not alter the result")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args):
-    from tfmp.train import TrainConfig, train
-
-    fields = {f for f in TrainConfig.__dataclass_fields__}
-    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    if args.labels:
-        values["labels"] = tuple(s.strip() for s in args.labels.split(",") if s.strip())
-    if args.float32_layers:
-        values["float32_layers"] = tuple(
-            s.strip() for s in args.float32_layers.split(",") if s.strip())
-    if args.clipnorm == 0:
-        values["clipnorm"] = None
+    values = values_given(args)
     verbose = 0 if args.quiet else 1
     if args.resume:
-        import dataclasses
-
-        from tfmp.train import resume_point
-
         # Flags left at their defaults take the checkpoint's values; any other flag
         # must agree with it where it changes the result (train() checks).
         defaults = TrainConfig()
-        given = {k: v for k, v in values.items() if v != getattr(defaults, k)}
-        saved = resume_point(args.resume)[3]
-        given.pop("out", None)
+        given = {k: v for k, v in values.items() if v != getattr(defaults, k) and k != "out"}
+        saved = resume_point(args.resume).config
         result = train(dataclasses.replace(saved, **given), verbose=verbose,
                        resume=args.resume)
     elif not args.out:
-        from tfmp.errors import UserError
-
         raise UserError("--out is required (the run directory to write), unless --resume.")
     else:
         result = train(TrainConfig(**values), verbose=verbose)
@@ -114,32 +120,98 @@ def _run_train(args):
     return 0
 
 
+# --- tfmp diagnose ---
+
+
+def _add_diagnose(sub):
+    p = sub.add_parser(
+        "diagnose", help="find the layers that overflow float16",
+        description="Run one training batch with per-layer probes and report each "
+        "layer's largest activation and gradient against float16's 65504, its "
+        "underflow share, the first non-finite layer, and float32 pins to use.")
+    add_config_flags(p, DIAGNOSE_FIELDS, defaults={"policy": "mixed_float16"})
+    p.add_argument("--loss-scale", type=float, default=TrainConfig.initial_loss_scale,
+                   help="scale the loss as training would (default: %(default)g)")
+    p.add_argument("--margin", type=float, default=precision.DEFAULT_MARGIN,
+                   help="suggest a pin within this factor of 65504 (default: %(default)g)")
+    p.add_argument("--json", help="also write the full result to this file")
+    p.set_defaults(func=_run_diagnose)
+
+
+def _run_diagnose(args):
+    config = TrainConfig(**values_given(args, defaults={"policy": "mixed_float16"}))
+    config.validate()
+    policy = precision.resolve(config.policy, float32_layers=config.float32_layers)
+    _, label_map, splits = data.prepare_data(config)
+    # load_classifier applies the pins first: the table shows whether they help.
+    model = models.load_classifier(config.model, num_classes=label_map.num_classes,
+                                   sequence_length=config.seq_len, policy=policy)
+    ds = data.make_dataset(splits.train, None, config.batch_size)
+    result = diagnose.diagnose(
+        model, ds, loss_scale=args.loss_scale if policy.loss_scaling else 1.0,
+        margin=args.margin)
+    print(diagnose.format_table(result))
+    print(diagnose.summary(result))
+    if args.json:
+        files.write_json(args.json, result)
+    return 0
+
+
+# --- tfmp export ---
+
+
+def _add_export(sub):
+    p = sub.add_parser(
+        "export", help="export a run for TF Serving, TFLite and Hugging Face",
+        description="Write saved_models/<name>/ (SavedModels, TFLite files, a Hugging "
+        "Face checkpoint) and check every variant against the Keras model.")
+    p.add_argument("run_dir", help="run directory written by `tfmp train`")
+    p.add_argument("--out-root", default="saved_models", help="(default: %(default)s)")
+    p.add_argument("--name", help="export directory name (default: the run's name)")
+    p.add_argument("--max-examples", type=int,
+                   help="check the gate on this many test examples (default: all)")
+    p.add_argument("--variants", type=_comma_list,
+                   help=f"comma-separated subset of {','.join(export.VARIANTS)}")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args):
+    report = export.export(args.run_dir, args.out_root, args.name, args.max_examples,
+                           list(args.variants) if args.variants else None, args.overwrite)
+    print(export.format_table(report))
+    return 0
+
+
+# --- tfmp bench ---
+
+
+def _add_bench(sub):
+    # The suite's own flags are parsed by tfmp.bench when it runs (`tfmp bench --help`
+    # lists them), so building this parser never loads benchmarks/.
+    p = sub.add_parser("bench", add_help=False, help="measure training, inference and "
+                       "input throughput on this machine", description=bench.DESCRIPTION)
+    p.set_defaults(func=lambda args: bench.main(args.bench_argv))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="tfmp", description="Mixed-precision fine-tuning of BERT text classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
-    # Each feature module adds its own subcommand: `add_cli(subparsers)` registers a
-    # parser whose `func(args)` returns the exit status.
-    import importlib
-
-    for name in ("export", "diagnose", "bench"):
-        try:
-            module = importlib.import_module(f"tfmp.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"tfmp.{name}":
-                raise
-            continue
-        module.add_cli(sub)
+    _add_diagnose(sub)
+    _add_export(sub)
+    _add_bench(sub)
     return parser
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
-    args = parser.parse_args(argv)  # exits with 2 on bad usage
-    from tfmp.errors import TrainingStopped, UserError
-
+    args, extra = parser.parse_known_args(argv)  # exits with 2 on bad usage
+    if args.command == "bench":
+        args.bench_argv = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except UserError as e:
