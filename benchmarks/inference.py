@@ -43,12 +43,12 @@ def load_engine(name, export_dir, model_dir, threads=2):
     if name == "savedmodel_fp32":
         import tensorflow as tf
 
-        from tfmp.export_serving import TOKENS_SIGNATURE
+        from tfmp.export.savedmodel import TOKENS_SIGNATURE
 
         serve = tf.saved_model.load(os.path.join(export_dir, _FILES[name])).signatures[
             TOKENS_SIGNATURE]
         return lambda x: serve(**{k: tf.constant(v) for k, v in x.items()})["probabilities"].numpy()
-    from tfmp.export_tflite import TFLiteClassifier
+    from tfmp.export.tflite import TFLiteClassifier
 
     interpreter = TFLiteClassifier(os.path.join(export_dir, _FILES[name]), num_threads=threads)
     return lambda x: np.asarray(interpreter.predict(x, batch_size=32))

@@ -34,7 +34,7 @@ def write_tiny_checkpoint(path, num_layers=2, hidden_dim=32, num_heads=2,
     """Writes a randomly initialised BERT in Hugging Face format to `path`."""
     import keras_hub
 
-    from tfmp import hf
+    from tfmp.export import huggingface as hf
 
     keras.utils.set_random_seed(seed)
     previous = keras.mixed_precision.global_policy()

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,9 +10,10 @@ import tensorflow as tf
 from test_train import write_sentiment_csv
 
 from tfmp import cli
+from tfmp.config import TrainConfig
 from tfmp.errors import UserError
-from tfmp.export import GATES, VARIANTS, Gate, export, export_classifier
-from tfmp.train import TrainConfig, train
+from tfmp.export import REGISTRY, VARIANTS, Gate, export, export_classifier
+from tfmp.train import train
 
 LABELS = ["negative", "neutral", "positive"]
 TEXTS = ["@united thanks, great crew", "@united worst delay, rude staff", "my seat today"]
@@ -38,7 +40,7 @@ def exported(run_dir, tmp_path_factory):
 def _reference(run_dir, texts):
     """float32 probabilities of the run's Keras model (rebuilt under float32)."""
     from tfmp.models import rebuild_float32
-    from tfmp.train import load_model
+    from tfmp.models import load_model
 
     model = rebuild_float32(load_model(run_dir))
     logits = model(model.preprocessor(tf.constant(texts)), training=False)
@@ -180,8 +182,9 @@ def test_tokens_signature_matches_serving_default(exported):
 def test_failed_gate_exits_nonzero_naming_the_variant_and_writes_nothing(
         run_dir, tmp_path, monkeypatch, capsys):
     # No model agrees on more than every argmax: the int8 gate cannot be met.
-    monkeypatch.setitem(GATES, "tflite_int8",
-                        Gate(min_agreement=1.01))
+    # The gate is part of the variant's registry row: replace the row.
+    monkeypatch.setitem(REGISTRY, "tflite_int8", dataclasses.replace(
+        REGISTRY["tflite_int8"], gate=Gate(min_agreement=1.01)))
     status = cli.main(["export", run_dir, "--out-root", str(tmp_path), "--name", "x",
                        "--variants", "tflite_int8", "--max-examples", "8"])
     assert status != 0

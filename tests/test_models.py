@@ -5,7 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from tfmp import hf, models, precision
+from tfmp import models, precision
+from tfmp.export import huggingface as hf
 from tfmp.errors import InputError
 
 TEXTS = ["the flight was great thanks", "worst delay ever, rude crew", "seat 12"]

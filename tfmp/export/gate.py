@@ -1,10 +1,11 @@
 """The parity gate: how close each exported variant must stay to the Keras model.
 
-    failures = check_gate("tflite_int8", row, GATES["tflite_int8"], fp32_size)
+    failures = check_gate("tflite_int8", row, variant.gate, fp32_size)
 
 `row` holds a variant's measurements on the evaluation split (argmax agreement with
 the float32 Keras model, largest probability difference, accuracy drop, file size);
 `check_gate` adds the gate and its verdict to it and returns the failures in words.
+Each variant's `Gate` sits in its registry row (`tfmp.export.variant.Variant.gate`).
 """
 
 import dataclasses
@@ -13,6 +14,9 @@ import numpy as np
 
 from tfmp.errors import UserError
 
+# The variant that `Gate.max_size_ratio` divides by: the float32 TFLite file, the
+# unquantized form of the quantized files whose shrinkage the ratio measures.
+SIZE_REFERENCE = "tflite_fp32"
 # Under this tflite_fp32 size the flatbuffer's graph, not its weights, sets the file
 # size, so a size ratio says nothing about quantization and is not gated.
 SIZE_GATE_MIN_BYTES = 1 << 20
@@ -30,19 +34,6 @@ class Gate:
     max_probability_difference: float | None = None  # largest |p - p_keras|
     max_accuracy_drop: float | None = None  # accuracy points (as a fraction) lost
     max_size_ratio: float | None = None  # file size / tflite_fp32 file size
-
-
-GATES = {
-    # Same float32 graph as Keras, so only summation order may differ.
-    "savedmodel_fp32": Gate(min_agreement=1.0, max_probability_difference=1e-5),
-    "savedmodel_fp16": Gate(min_agreement=0.995),
-    "tflite_fp32": Gate(min_agreement=0.999),
-    "tflite_fp16": Gate(min_agreement=0.995, max_size_ratio=0.52),
-    "tflite_int8": Gate(min_agreement=0.98, max_accuracy_drop=0.01, max_size_ratio=0.30),
-    # A weight copy read back with keras-hub: lossless.
-    "hf": Gate(min_agreement=1.0, max_probability_difference=1e-5),
-}
-
 
 
 def check_gate(name, row, gate, fp32_size):

@@ -13,17 +13,23 @@ runs in-graph, through keras-hub's preprocessor); it has two signatures:
 `assets/vocab.txt` is the WordPiece vocabulary for clients that tokenize themselves,
 and `assets.extra/tf_serving_warmup_requests` holds PredictionLog records that TF
 Serving replays on load so the first real request does not pay for graph warm-up.
+
+Two export variants: `savedmodel_fp32` (`serving/1`, float32 compute, the CPU form)
+and `savedmodel_fp16` (`serving_fp16/1`, mixed_float16 compute, for GPU serving).
 """
 
 import os
 
 import tensorflow as tf
 
+from tfmp import models, precision
+from tfmp.data import TOKEN_KEYS
 from tfmp.errors import UserError
+from tfmp.export.gate import Gate
+from tfmp.export.variant import Variant
 
 SERVING_SIGNATURE = "serving_default"
 TOKENS_SIGNATURE = "tokens"
-TOKEN_KEYS = ("token_ids", "padding_mask", "segment_ids")
 # Requests TF Serving replays on load: one single example and one small batch, so both
 # the batch-1 and the batched code paths are warm.
 WARMUP_BATCHES = (
@@ -57,7 +63,8 @@ class ServingModule(tf.Module):
 
         def classify(features):
             logits = classifier(features, training=False)
-            # Softmax in float32 whatever the compute dtype: small probabilities matter.
+            # Softmax in float32 whatever the compute dtype: small probabilities matter
+            # (precision.FLOAT32_ISLANDS["served softmax"]).
             probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
             label_id = tf.argmax(probabilities, axis=-1)
             return {
@@ -123,3 +130,30 @@ def write_warmup_requests(path):
                 predict_log=prediction_log_pb2.PredictLog(request=request)
             )
             w.write(log.SerializeToString())
+
+
+def read(path):
+    """Predictor of the SavedModel at `path`: raw strings -> probabilities."""
+    serve = tf.saved_model.load(path).signatures[SERVING_SIGNATURE]
+    return lambda texts: serve(text=tf.constant(texts))["probabilities"]
+
+
+def _writer(stored):
+    """`write(ctx)` of the SavedModel computing in `serving_policy(stored)`."""
+    def write(ctx):
+        policy = precision.serving_policy(stored)
+        # The pipeline's float32 copy serves float32 as is; other policies rebuild the
+        # run's model (variables are float32 under every policy: the copy is exact).
+        model = (ctx.float32 if ctx.float32.backbone.dtype_policy.name == policy
+                 else models.rebuild(ctx.classifier, policy))
+        save_serving(model, ctx.label_names, ctx.path, ctx.vocabulary_file)
+
+    return write
+
+
+# Same float32 graph as Keras, so only summation order may differ.
+FP32 = Variant(name="savedmodel_fp32", path="serving/1", write=_writer("fp32"), read=read,
+               gate=Gate(min_agreement=1.0, max_probability_difference=1e-5),
+               inputs="texts")
+FP16 = Variant(name="savedmodel_fp16", path="serving_fp16/1", write=_writer("fp16"),
+               read=read, gate=Gate(min_agreement=0.995), inputs="texts")

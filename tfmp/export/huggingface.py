@@ -1,15 +1,23 @@
 """Write a keras-hub BERT in Hugging Face format (the inverse of keras-hub's loader).
 
+    save_checkpoint(backbone, vocabulary, "hf", classifier=classifier, label_names=names)
+
 keras-hub reads Hugging Face BERT checkpoints (`convert_bert.py`) but has no BERT
 exporter, so this module holds the reverse mapping, once: the tests use it to write
 tiny random checkpoints, and export uses it to hand a fine-tuned classifier to
 PyTorch users (`BertForSequenceClassification` loads it).
+
+The `hf` export variant writes `hf/` with the tokenizer files `AutoTokenizer` reads
+as they are, and is measured by reading `hf/` back with keras-hub (no PyTorch here).
 """
 
-import json
 import os
 
 import numpy as np
+
+from tfmp import files, precision
+from tfmp.export.gate import Gate
+from tfmp.export.variant import Variant, softmax
 
 
 def backbone_config(backbone):
@@ -117,26 +125,59 @@ def save_checkpoint(backbone, vocabulary, path, lowercase=True, classifier=None,
         config["id2label"] = {str(i): n for i, n in enumerate(names)}
         config["label2id"] = {n: i for i, n in enumerate(names)}
     save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
+    files.write_json(os.path.join(path, "config.json"), config)
     if isinstance(vocabulary, (str, os.PathLike)):
         with open(vocabulary, encoding="utf-8") as f:
             vocabulary = f.read().splitlines()
-    with open(os.path.join(path, "vocab.txt"), "w", encoding="utf-8") as f:
-        f.write("\n".join(vocabulary) + "\n")
-    with open(os.path.join(path, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump(
-            {
-                "tokenizer_class": "BertTokenizer",
-                "do_lower_case": lowercase,
-                "unk_token": "[UNK]",
-                "sep_token": "[SEP]",
-                "pad_token": "[PAD]",
-                "cls_token": "[CLS]",
-                "mask_token": "[MASK]",
-                "model_max_length": backbone.max_sequence_length,
-            },
-            f,
-            indent=2,
-        )
+    files.write_atomic(os.path.join(path, "vocab.txt"), "\n".join(vocabulary) + "\n")
+    files.write_json(os.path.join(path, "tokenizer_config.json"), {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": lowercase,
+        "unk_token": "[UNK]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "cls_token": "[CLS]",
+        "mask_token": "[MASK]",
+        "model_max_length": backbone.max_sequence_length,
+    })
     return path
+
+
+def write(ctx):
+    """The `hf` variant: `ctx.float32` as a `BertForSequenceClassification` checkpoint."""
+    classifier = ctx.float32
+    tokenizer = classifier.preprocessor.tokenizer
+    save_checkpoint(classifier.backbone, list(tokenizer.vocabulary), ctx.path,
+                    lowercase=bool(tokenizer.lowercase), classifier=classifier,
+                    label_names=ctx.label_names)
+    # tokenizer.json and special_tokens_map.json, so AutoTokenizer needs no conversion.
+    from transformers import BertTokenizerFast
+
+    BertTokenizerFast(vocab_file=os.path.join(ctx.path, "vocab.txt"),
+                      do_lower_case=bool(tokenizer.lowercase),
+                      model_max_length=classifier.backbone.max_sequence_length,
+                      ).save_pretrained(ctx.path)
+
+
+def read(path):
+    """Reads `hf/` back with keras-hub's Hugging Face loader (transformers would need PyTorch)."""
+    import keras_hub
+    import tensorflow as tf
+    from safetensors.numpy import load_file
+
+    with precision.policy_scope("float32"):
+        backbone = keras_hub.models.BertBackbone.from_preset(path)
+    head = load_file(os.path.join(path, "model.safetensors"))
+    weight, bias = head["classifier.weight"], head["classifier.bias"]
+
+    def predict(features):
+        pooled = backbone({k: tf.constant(v) for k, v in features.items()})["pooled_output"]
+        return softmax(np.asarray(pooled) @ weight.T + bias)
+
+    return predict
+
+
+# A weight copy read back with keras-hub: lossless.
+HF = Variant(name="hf", path="hf", write=write, read=read,
+             gate=Gate(min_agreement=1.0, max_probability_difference=1e-5), inputs="tokens",
+             measured_with="keras-hub reading hf/ back (no PyTorch here)")

@@ -8,12 +8,22 @@ preprocessor's output: TFLite has no tensorflow-text ops, so the app tokenizes w
 the `vocab.txt` beside the model); the output is `probabilities` (float32
 [batch, num_classes]). The batch dimension is dynamic; the sequence length is fixed
 to the one the model was trained with.
+
+Three export variants, `tflite_fp32`, `tflite_fp16` and `tflite_int8`, written
+together into `tflite/` with `vocab.txt` and `labels.txt`.
 """
+
+import os
+import shutil
 
 import numpy as np
 import tensorflow as tf
 
-from tfmp.export_serving import TOKEN_KEYS, token_specs
+from tfmp import files
+from tfmp.data import TOKEN_KEYS
+from tfmp.export.gate import SIZE_REFERENCE, Gate
+from tfmp.export.savedmodel import token_specs
+from tfmp.export.variant import Variant
 
 # Weight storage of each TFLite variant. Compute stays float32 in all three on CPU:
 # float16 weights are dequantized on load, int8 weights (dynamic range) are
@@ -27,6 +37,7 @@ def _concrete_function(classifier):
     @tf.function(input_signature=[token_specs(sequence_length)])
     def probabilities(features):
         logits = classifier(features, training=False)
+        # precision.FLOAT32_ISLANDS["served softmax"]: float32 whatever the compute dtype.
         return {"probabilities": tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)}
 
     return probabilities.get_concrete_function()
@@ -101,3 +112,39 @@ class TFLiteClassifier:
             self._interpreter.invoke()
             outputs.append(self._interpreter.get_tensor(self._output["index"]).copy())
         return np.concatenate(outputs)
+
+
+def read(path):
+    """Predictor of the .tflite file at `path`: token arrays -> probabilities."""
+    return TFLiteClassifier(path).predict
+
+
+def _write(ctx):
+    """Writes every TFLite file of the export, at the first TFLite variant's turn.
+
+    All files come from one traced function, so they hold the same graph and the
+    model is traced once.
+    """
+    if os.path.exists(ctx.path):  # written at an earlier TFLite variant's turn
+        return
+    paths = {q: ctx.where(v) for v in ctx.variants for q in QUANTIZATIONS
+             if v.name == f"tflite_{q}"}
+    write_tflite(ctx.float32, paths)
+    # The app tokenizes itself (no tensorflow-text ops in TFLite) and names the class.
+    directory = os.path.dirname(ctx.path)
+    shutil.copy(ctx.vocabulary_file, directory)
+    files.write_atomic(os.path.join(directory, "labels.txt"), "\n".join(ctx.label_names) + "\n")
+
+
+def _variant(quantization, gate):
+    return Variant(
+        name=f"tflite_{quantization}", path=f"tflite/model_{quantization}.tflite",
+        write=_write, read=read, gate=gate, inputs="tokens",
+        # Size ratios are against tflite_fp32, so it comes with any other TFLite file.
+        requires=() if quantization == "fp32" else (SIZE_REFERENCE,))
+
+
+FP32 = _variant("fp32", Gate(min_agreement=0.999))
+FP16 = _variant("fp16", Gate(min_agreement=0.995, max_size_ratio=0.52))
+INT8 = _variant("int8", Gate(min_agreement=0.98, max_accuracy_drop=0.01,
+                             max_size_ratio=0.30))

@@ -1,0 +1,85 @@
+"""Export a run for serving: SavedModels, TFLite files and a Hugging Face checkpoint.
+
+    report = export("runs/demo")                      # or: tfmp export runs/demo
+    report["variants"]["tflite_int8"]["argmax_agreement"]
+    print(format_table(report))
+
+writes `saved_models/<name>/`:
+
+    serving/1/            float32 SavedModel, raw strings in (TF Serving layout)
+    serving_fp16/1/       the same with float16 compute, for GPU serving
+    tflite/               model_fp32/fp16/int8.tflite, vocab.txt, labels.txt
+    hf/                   BertForSequenceClassification checkpoint (safetensors)
+    export_report.json    size, parity, accuracy and speed of every variant
+
+Every variant is checked against the Keras model (rebuilt under float32 with the
+run's weights) on the run's test split: the parity gate, `GATES`. The export is
+assembled in a hidden temporary directory beside the target and moved into place
+only when every variant passed, so a failed export leaves nothing behind.
+
+Each variant is a `Variant` row (`variant.py`: where its files go, how to write and
+read them back, its `Gate`) defined by its module (`savedmodel.py`, `tflite.py`,
+`huggingface.py`) and listed in `pipeline.REGISTRY`, whose order is `VARIANTS`.
+"""
+
+import json
+import os
+
+from tfmp import data, models
+from tfmp.config import TrainConfig
+from tfmp.errors import UserError
+from tfmp.export.gate import ExportGateError, Gate
+from tfmp.export.pipeline import GATES, REGISTRY, VARIANTS, export_classifier
+from tfmp.export.variant import Variant
+
+__all__ = ["GATES", "REGISTRY", "VARIANTS", "ExportGateError", "Gate", "Variant", "export",
+           "export_classifier", "format_table"]
+
+
+def export(run_dir, out_root="saved_models", name=None, max_examples=None, variants=None,
+           overwrite=False):
+    """Exports run directory `run_dir` to `<out_root>/<name>/`; returns the report.
+
+    Args:
+        run_dir: str. A `tfmp train` run directory.
+        out_root: str. Where the export directory is created.
+        name: str or None. Export directory name (None: the run directory's name).
+        max_examples: int or None. Check the gate on the first this many test examples.
+        variants: names from `VARIANTS` (None: all).
+        overwrite: bool. Replace an existing export of the same name.
+    """
+    run_dir = os.path.abspath(os.fspath(run_dir))
+    missing = [f for f in ("model.keras", "labels.json", "config.json")
+               if not os.path.isfile(os.path.join(run_dir, f))]
+    if missing:
+        raise UserError(f"'{run_dir}' is not a tfmp run directory: missing "
+                        f"{', '.join(missing)}. Pass a directory written by `tfmp train`.")
+    if max_examples is not None and max_examples < 1:
+        raise UserError(f"--max-examples must be at least 1, got {max_examples}.")
+    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+        run_config = json.load(f)
+    label_map = data.LabelMap.load(os.path.join(run_dir, "labels.json"))
+    _, _, splits = data.prepare_data(TrainConfig.from_json(run_config["config"]))
+    split = splits.test
+    if not len(split):
+        raise UserError(f"The run in '{run_dir}' has an empty test split; train with "
+                        "--test-fraction above 0 to export it.")
+    texts = list(split.texts[:max_examples])
+    label_ids = split.label_ids[:max_examples]
+    target = os.path.join(out_root, name or os.path.basename(run_dir))
+    return export_classifier(
+        models.load_model(run_dir), label_map.names, texts, label_ids, target,
+        variants=variants, overwrite=overwrite,
+        extra={"run_dir": run_dir, "split": "test"})
+
+
+def format_table(report):
+    """The report as `tfmp export` prints it: one line per variant, then the Keras line."""
+    lines = [f"{'variant':<16}{'size':>12}{'agree':>9}{'max dp':>10}{'acc':>8}{'ex/s':>9}"]
+    for name, row in report["variants"].items():
+        lines.append(f"{name:<16}{row['size_bytes']:>12}{row['argmax_agreement']:>9.4f}"
+                     f"{row['max_probability_difference']:>10.2e}{row['accuracy']:>8.4f}"
+                     f"{row['examples_per_second']:>9.1f}")
+    lines.append(f"Keras accuracy {report['keras']['accuracy']:.4f} on {report['examples']} "
+                 f"test examples -> {report['path']}")
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""One export variant as data: the registry row every variant module defines.
+
+    Variant(name="tflite_int8", path="tflite/model_int8.tflite", write=..., read=...,
+            gate=Gate(min_agreement=0.98), inputs="tokens")
+
+`write(ctx)` writes the variant's files at `ctx.path` (a `Context`); `read(path)`
+loads them back as a predictor, a function from a batch (raw strings when `inputs`
+is "texts", int32 token arrays when "tokens") to float32 probabilities, which the
+pipeline measures against the Keras model. This module sits below both the variant
+modules and the pipeline, so neither has to import the other's registry.
+"""
+
+import dataclasses
+import os
+from typing import Callable
+
+import numpy as np
+
+from tfmp.export.gate import Gate
+
+INPUTS = ("texts", "tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One row of the export registry (`tfmp.export.pipeline.REGISTRY`)."""
+
+    name: str  # the key in `export_report.json` and in `--variants`
+    path: str  # relative to the export directory
+    write: Callable  # write(ctx: Context) -> None, files under ctx.path
+    read: Callable  # read(path) -> predictor(batch) -> float32 [n, classes]
+    gate: Gate
+    inputs: str  # what the predictor takes: one of INPUTS
+    # Variants exported with this one whenever it is (e.g. the size reference of its gate).
+    requires: tuple = ()
+    # How the predictor measures the files, when not by running them as shipped.
+    measured_with: str | None = None
+
+    def __post_init__(self):
+        if self.inputs not in INPUTS:
+            raise ValueError(f"{self.name}: inputs must be one of {INPUTS}, got {self.inputs!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What a variant's `write` gets: the models, the labels and where to write."""
+
+    classifier: object  # the run's classifier, under its own policy
+    float32: object  # the same weights rebuilt under float32 (or `classifier` itself)
+    label_names: tuple
+    staging: str  # the hidden directory the export is assembled in
+    variants: tuple  # every `Variant` of this export, in export order
+    variant: Variant | None = None  # the one being written
+
+    @property
+    def path(self):
+        """Where the variant being written goes."""
+        return self.where(self.variant)
+
+    def where(self, variant):
+        return os.path.join(self.staging, variant.path)
+
+    @property
+    def vocabulary_file(self):
+        """The tokenizer's vocab.txt, written into `staging` before any variant."""
+        return os.path.join(self.staging, "vocab.txt")
+
+
+def softmax(logits):
+    """float32 probabilities of `logits`, computed in float64 (for logits readers)."""
+    logits = np.asarray(logits, np.float64)
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
