@@ -3,7 +3,7 @@ import pytest
 
 from tfmp import precision
 from tfmp.errors import PolicyError
-from tfmp.precision import Hardware
+from tfmp.hardware import Hardware
 
 
 @pytest.mark.parametrize("name,use", [("float16", "mixed_float16"), ("bfloat16", "mixed_bfloat16")])

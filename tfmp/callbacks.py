@@ -17,7 +17,7 @@ import warnings
 
 import keras
 
-from tfmp import diagnose, files
+from tfmp import diagnose, files, precision
 from tfmp.errors import TrainingStopped
 from tfmp.optimizer import OVERFLOW_LOG_SIZE, LossScaleOptimizer, global_step
 
@@ -77,9 +77,7 @@ class LossScaleGuard(keras.callbacks.Callback):
                 f"{skipped - first_skipped} of the last {step - first_step} steps (up to "
                 f"step {step}) were skipped for float16 overflow, more than "
                 f"{self.max_skip_share:.0%}; loss scale now "
-                f"{float(_number(optimizer.dynamic_scale)):g}. Try --policy mixed_bfloat16 "
-                "(or float32), pin the overflowing layers to float32 (--float32-layers, "
-                "from `tfmp diagnose`), or a lower learning rate (--lr)."
+                f"{float(_number(optimizer.dynamic_scale)):g}. {precision.OVERFLOW_ADVICE}"
             )
 
 
@@ -330,8 +328,7 @@ class TrainingMonitor(keras.callbacks.Callback):
             f"{self.skip_warning_share:.0%} of the {planned} planned: the learning-rate "
             f"schedule now runs {skipped} steps late (rate applied "
             f"{self._rate_at(int(_number(inner.iterations)) - 1):.3g}, nominal "
-            f"{self._rate_at(step - 1):.3g}). Run `tfmp diagnose` to find the "
-            "overflowing layers, or use --policy mixed_bfloat16.")
+            f"{self._rate_at(step - 1):.3g}). {precision.OVERFLOW_ADVICE}")
         warnings.warn(message, stacklevel=2)
         self._note(message)
 

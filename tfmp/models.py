@@ -310,4 +310,3 @@ def load_model(run_dir):
         warnings.filterwarnings("ignore", message=".*(compile|optimizer).*")
         return keras.saving.load_model(
             path, safe_mode=True, custom_objects={"BertClassifier": BertClassifier})
-    return model

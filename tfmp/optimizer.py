@@ -12,6 +12,7 @@ import keras
 from keras import ops
 from keras.src.utils import tracking
 
+from tfmp import precision
 from tfmp.config import TrainConfig
 from tfmp.errors import TrainingStopped
 
@@ -280,9 +281,7 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
             raise TrainingStopped(
                 f"The float16 loss scale fell to {scale:g}, below the minimum "
                 f"{self.min_scale:g}, after {skipped} skipped steps: the gradients "
-                "overflow float16 whatever the scale. Try --policy mixed_bfloat16 (or "
-                "float32), pin the overflowing layers to float32 (tfmp diagnose), or a "
-                "lower learning rate."
+                f"overflow float16 whatever the scale. {precision.OVERFLOW_ADVICE}"
             )
 
     def get_config(self):

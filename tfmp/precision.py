@@ -11,18 +11,19 @@ names themselves:
     needs_float32_pin(entry, margin)  # the rule behind `tfmp diagnose`'s suggestions
     serving_policy("fp16")            # the compute policy of an exported variant
 
-`FLOAT32_ISLANDS` lists the computations that stay float32 under every policy.
+`FLOAT32_ISLANDS` lists the computations that stay float32 under every policy. The
+facts `auto` decides from (GPUs, CPU flags, a bfloat16 speed probe) are gathered by
+`tfmp.hardware`; the rule that turns them into a policy is `choose`, here.
 """
 
 import contextlib
 import dataclasses
-import os
 import re
-import time
 
 import keras
 
 from tfmp.errors import PolicyError, UserError
+from tfmp.hardware import detect_hardware
 
 # Policies tfmp trains with. Each keeps float32 variables ("master weights"); only the
 # compute dtype changes.
@@ -47,6 +48,12 @@ FLOAT32_ISLANDS = {
     "diagnosis loss": "diagnose: the probed loss is computed on float32 logits",
 }
 
+# What to do when float16 keeps overflowing: the guards, the loss-scale floor and the
+# skip warning all say it in these words.
+OVERFLOW_ADVICE = ("Try --policy mixed_bfloat16 (or float32), pin the overflowing layers to "
+                   "float32 (--float32-layers, from `tfmp diagnose`), or a lower learning "
+                   "rate (--lr).")
+
 # float16's range, against which `diagnose` measures each layer's headroom.
 FLOAT16_MAX = 65504.0
 FLOAT16_TINY = 2.0**-24  # smallest float16 subnormal; anything smaller becomes 0
@@ -63,19 +70,6 @@ _SERVING_POLICIES = {"fp32": "float32", "fp16": "mixed_float16"}
 # bfloat16 matmul measured here beats float32 by this factor: the dot-product
 # instruction alone does not guarantee TensorFlow's kernels use it, and casts cost.
 _CPU_BF16_MIN_SPEEDUP = 1.2
-
-
-@dataclasses.dataclass(frozen=True)
-class Hardware:
-    """What `auto` looks at. Built by `detect_hardware()`; tests build their own."""
-
-    gpus: tuple = ()  # ((name, (major, minor)), ...)
-    tpu: bool = False
-    cpu_model: str = ""
-    cpu_flags: frozenset = frozenset()
-    # bfloat16 / float32 matmul throughput ratio measured on this CPU, or None if
-    # it was not measured (no bf16 instructions, or the probe was turned off).
-    cpu_bf16_speedup: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,85 +201,6 @@ def choose(hardware):
         "(no AVX512-BF16 or AMX): mixed policies would train no faster and only add "
         "casts. They pay on GPUs (compute capability >= 7) and TPUs."
     )
-
-
-def detect_hardware(probe=None):
-    """Looks at the accelerators and CPU this process sees.
-
-    Args:
-        probe: bool or None. Measure the CPU's bfloat16/float32 matmul ratio when the
-            CPU has AVX512-BF16 (about half a second). None reads `TFMP_AUTO_PROBE`
-            (default on).
-    """
-    import tensorflow as tf
-
-    gpus = list_gpus()
-    tpu = bool(tf.config.list_physical_devices("TPU"))
-    cpu_model, flags = _read_cpuinfo()
-    speedup = None
-    if probe is None:
-        probe = os.environ.get("TFMP_AUTO_PROBE", "1") != "0"
-    if not gpus and not tpu and probe and "avx512_bf16" in flags:
-        speedup = _bf16_matmul_speedup()
-    return Hardware(
-        gpus=tuple(gpus),
-        tpu=tpu,
-        cpu_model=cpu_model,
-        cpu_flags=frozenset(flags),
-        cpu_bf16_speedup=speedup,
-    )
-
-
-def list_gpus():
-    """[(name, (major, minor) compute capability)] of the GPUs this process sees."""
-    import tensorflow as tf
-
-    gpus = []
-    for device in tf.config.list_physical_devices("GPU"):
-        details = tf.config.experimental.get_device_details(device)
-        gpus.append((details.get("device_name", device.name),
-                     tuple(details.get("compute_capability", (0, 0)))))
-    return gpus
-
-
-def cpu_model():
-    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
-    return _read_cpuinfo()[0]
-
-
-def _read_cpuinfo():
-    model, flags = "", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and not model:
-                    model = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass  # not Linux: no flags, so `auto` stays with float32 on CPU
-    return model, flags
-
-
-def _bf16_matmul_speedup(n=1024, repeats=8):
-    import tensorflow as tf
-
-    rates = {}
-    for dtype in (tf.float32, tf.bfloat16):
-        a = tf.cast(tf.random.stateless_normal((n, n), seed=(1, 2)), dtype)
-        matmul = tf.function(lambda x: tf.matmul(x, x))
-        matmul(a).numpy()  # trace and warm up
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            for _ in range(repeats):
-                out = matmul(a)
-            out.numpy()
-            best = min(best, time.perf_counter() - start)
-        rates[dtype.name] = repeats / best
-    return rates["bfloat16"] / rates["float32"]
 
 
 @contextlib.contextmanager

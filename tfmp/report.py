@@ -11,7 +11,7 @@ hardware.
 
 import os
 
-from tfmp import callbacks, diagnose, files, precision
+from tfmp import callbacks, diagnose, files, hardware
 
 PLOTS = {
     "curves": "plot_loss_accuracy.png",
@@ -21,7 +21,7 @@ PLOTS = {
 
 
 def _hardware(versions):
-    gpus = [name for name, _ in precision.list_gpus()]
+    gpus = [name for name, _ in hardware.list_gpus()]
     return {
         "machine": versions.get("machine"),
         "processor": versions.get("processor"),

@@ -23,7 +23,7 @@ import tempfile
 
 import keras
 
-from tfmp import checkpoint, files, precision
+from tfmp import checkpoint, files, hardware
 from tfmp.config import TrainConfig
 from tfmp.errors import InputError, UserError
 
@@ -112,7 +112,7 @@ def versions():
         "keras": keras.__version__,
         "keras_hub": keras_hub.__version__,
         "machine": platform.machine(),
-        "processor": precision.cpu_model() or platform.processor(),
+        "processor": hardware.cpu_model() or platform.processor(),
         "cpus": os.cpu_count(),
     }
 

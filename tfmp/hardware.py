@@ -1,0 +1,103 @@
+"""What this machine has, as `--policy auto` sees it: accelerators, CPU flags, a bf16 probe.
+
+    hardware = detect_hardware()      # Hardware(gpus=(), cpu_flags={...}, cpu_bf16_speedup=2.1)
+    list_gpus()                       # [(name, (major, minor))]
+
+Facts only: which policy they lead to is `tfmp.precision.choose`'s decision.
+"""
+
+import dataclasses
+import os
+import time
+
+
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+    """What `auto` looks at. Built by `detect_hardware()`; tests build their own."""
+
+    gpus: tuple = ()  # ((name, (major, minor)), ...)
+    tpu: bool = False
+    cpu_model: str = ""
+    cpu_flags: frozenset = frozenset()
+    # bfloat16 / float32 matmul throughput ratio measured on this CPU, or None if
+    # it was not measured (no bf16 instructions, or the probe was turned off).
+    cpu_bf16_speedup: float | None = None
+
+
+def detect_hardware(probe=None):
+    """Looks at the accelerators and CPU this process sees.
+
+    Args:
+        probe: bool or None. Measure the CPU's bfloat16/float32 matmul ratio when the
+            CPU has AVX512-BF16 (about half a second). None reads `TFMP_AUTO_PROBE`
+            (default on).
+    """
+    import tensorflow as tf
+
+    gpus = list_gpus()
+    tpu = bool(tf.config.list_physical_devices("TPU"))
+    cpu_model, flags = _read_cpuinfo()
+    speedup = None
+    if probe is None:
+        probe = os.environ.get("TFMP_AUTO_PROBE", "1") != "0"
+    if not gpus and not tpu and probe and "avx512_bf16" in flags:
+        speedup = _bf16_matmul_speedup()
+    return Hardware(
+        gpus=tuple(gpus),
+        tpu=tpu,
+        cpu_model=cpu_model,
+        cpu_flags=frozenset(flags),
+        cpu_bf16_speedup=speedup,
+    )
+
+
+def list_gpus():
+    """[(name, (major, minor) compute capability)] of the GPUs this process sees."""
+    import tensorflow as tf
+
+    gpus = []
+    for device in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(device)
+        gpus.append((details.get("device_name", device.name),
+                     tuple(details.get("compute_capability", (0, 0)))))
+    return gpus
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
+    return _read_cpuinfo()[0]
+
+
+def _read_cpuinfo():
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not model:
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass  # not Linux: no flags, so `auto` stays with float32 on CPU
+    return model, flags
+
+
+def _bf16_matmul_speedup(n=1024, repeats=8):
+    import tensorflow as tf
+
+    rates = {}
+    for dtype in (tf.float32, tf.bfloat16):
+        a = tf.cast(tf.random.stateless_normal((n, n), seed=(1, 2)), dtype)
+        matmul = tf.function(lambda x: tf.matmul(x, x))
+        matmul(a).numpy()  # trace and warm up
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                out = matmul(a)
+            out.numpy()
+            best = min(best, time.perf_counter() - start)
+        rates[dtype.name] = repeats / best
+    return rates["bfloat16"] / rates["float32"]
