@@ -6,8 +6,9 @@
 keras-hub's BERT runs 20 dropouts per MiniLM step (attention probabilities, attention
 output and feed-forward output in each of 6 layers, embeddings, pooled output). Keras'
 dropout draws one Philox float per element, compares, multiplies and selects, and its
-gradient selects again: with all of them off, a mixed_bfloat16 step ran 353 ms instead of
-409 ms on this CPU. FastDropout keeps them and wins back 1.11x (benchmarks/README.md).
+gradient selects again. What each replacement buys is measured in every benchmark run
+(the keras_dropout and keras_gelu ablations; benchmarks/README.md), not written here,
+where it would go stale. `tfmp.models.TRANSFORMS` applies both.
 """
 
 import keras
@@ -124,9 +125,10 @@ def fused_gelu_approximate(x):
     """keras-hub's `gelu_approximate` with both passes fused by XLA (TensorFlow only).
 
     Unfused, TensorFlow runs the tanh GELU and its autodiff gradient as ~15 elementwise
-    ops, each a pass over a (batch, width, 1536) tensor: 9 ms per MiniLM layer here,
-    2-3 ms fused. Same formula; computed in float32 whatever the input dtype, so under
-    mixed precision it is, if anything, more exact than the unfused one.
+    ops, each a pass over a (batch, width, 1536) tensor; fused, each pass is one kernel.
+    Same formula; computed in float32 whatever the input dtype (a float32 island, see
+    `tfmp.precision.FLOAT32_ISLANDS`), so under mixed precision it is, if anything, more
+    exact than the unfused one.
     """
     import tensorflow as tf
 
@@ -144,7 +146,7 @@ def fused_gelu_approximate(x):
 def use_fused_gelu(model, fused=True):
     """Gives every Dense with keras-hub's `gelu_approximate` the fused GELU (or back).
 
-    For training: `tfmp.train.compile_classifier` applies it. The activation is not
+    For training: `tfmp.models.TRANSFORMS` marks it training-only. The activation is not
     part of any saved config (keras-hub rebuilds its Dense layers from the encoder's
     own config), so saved and exported models keep keras-hub's GELU, and the SavedModel
     and TFLite graphs hold no XLA-compiled functions. Returns how many layers changed.
