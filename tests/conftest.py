@@ -1,10 +1,14 @@
-"""Shared fixtures: tiny random BERT checkpoints in Hugging Face format.
+"""Shared helpers and fixtures: a tiny random BERT, a sentiment CSV, TensorBoard scalars.
 
 Most tests use a 2-layer, 32-wide BERT so the suite stays fast on 2 CPU cores; only
 tests whose point is realism load the bundled all-MiniLM-L6-v2.
+
+Plain helpers are imported with `from conftest import write_sentiment_csv, read_scalars`.
 """
 
+import csv
 import os
+import random
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TFMP_AUTO_PROBE", "0")
@@ -13,7 +17,7 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 
 # A small uncased WordPiece vocabulary: specials, letters, and sentiment-ish words.
-WORDS = (
+VOCAB_WORDS = (
     "the a an i you we it is was to of and or not no very so my your flight "
     "plane bag seat crew delay delayed late cancelled great good love thanks "
     "thank bad worst awful hate rude help please service time hours today "
@@ -22,7 +26,7 @@ WORDS = (
 VOCAB = list(
     dict.fromkeys(  # ordered de-duplication: WordPiece refuses repeated tokens
         ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        + WORDS
+        + VOCAB_WORDS
         + list("abcdefghijklmnopqrstuvwxyz0123456789")
         + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
     )
@@ -64,3 +68,58 @@ def _restore_global_policy():
     previous = keras.mixed_precision.global_policy()
     yield
     keras.mixed_precision.set_global_policy(previous)
+
+
+# --- A sentiment CSV a tiny BERT can learn ----------------------------------------------
+
+# One keyword per class decides the label; the filler words carry no signal.
+WORDS = {
+    "negative": ["worst", "awful", "rude", "hate", "delayed", "cancelled"],
+    "neutral": ["seat", "today", "time", "plane", "flight", "hours"],
+    "positive": ["great", "love", "thanks", "good", "thank", "help"],
+}
+FILLER = ["the", "a", "my", "your", "was", "it", "to", "of", "and"]
+
+
+def write_sentiment_csv(path, n=360, seed=0):
+    """Three classes told apart by one keyword among filler: a tiny BERT learns it."""
+    rng = random.Random(seed)
+    labels = ["negative"] * (n // 2) + ["neutral"] * (n // 4) + ["positive"] * (n - n // 2 - n // 4)
+    rng.shuffle(labels)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for label in labels:
+            words = rng.sample(FILLER, 4) + [rng.choice(WORDS[label])]
+            rng.shuffle(words)
+            w.writerow(["@united " + " ".join(words), label])
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def sentiment_csv(tmp_path_factory):
+    """360 rows (288 train, 36 validation, 36 test); read-only, shared by the session."""
+    return write_sentiment_csv(tmp_path_factory.mktemp("data") / "tweets.csv")
+
+
+# --- TensorBoard logs -----------------------------------------------------------------
+
+
+def read_scalars(log_dir):
+    """{tag: [(step, value)]} read back with TensorBoard's own event reader."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(
+        str(log_dir), size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags()["tensors"]:
+        events = acc.Tensors(tag)
+        if events[0].tensor_proto.dtype == tf.string.as_datatype_enum:
+            out[tag] = [(e.step, tf.make_ndarray(e.tensor_proto).item().decode())
+                        for e in events]
+        else:
+            out[tag] = [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events]
+    return out
+

@@ -11,8 +11,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
+from conftest import read_scalars
 
 from tfmp import callbacks, optimizer, precision
 from tfmp.config import TrainConfig
@@ -89,22 +88,6 @@ def _fit(model, log_dir, update_freq=1, epochs=1, initial_epoch=0, **monitor_kw)
               shuffle=False, verbose=0,
               callbacks=[monitor, keras.callbacks.TensorBoard(log_dir)])
     return monitor
-
-
-def read_scalars(run_dir):
-    """{tag: [(step, value)]} read back with TensorBoard's own event reader."""
-    acc = event_accumulator.EventAccumulator(
-        str(run_dir), size_guidance={event_accumulator.TENSORS: 0})
-    acc.Reload()
-    out = {}
-    for tag in acc.Tags()["tensors"]:
-        events = acc.Tensors(tag)
-        if events[0].tensor_proto.dtype == tf.string.as_datatype_enum:
-            out[tag] = [(e.step, tf.make_ndarray(e.tensor_proto).item().decode())
-                        for e in events]
-        else:
-            out[tag] = [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events]
-    return out
 
 
 def test_inf_gradients_at_step_k_skip_it_and_halve_the_scale_there(tmp_path):

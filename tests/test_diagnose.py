@@ -3,7 +3,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from test_train import write_sentiment_csv
+from conftest import write_sentiment_csv
 
 from tfmp import cli, data, diagnose, models, precision
 from tfmp.errors import UserError

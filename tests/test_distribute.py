@@ -16,7 +16,7 @@ import zipfile
 import h5py
 import numpy as np
 import pytest
-from test_train import write_sentiment_csv
+from conftest import write_sentiment_csv
 
 TIMEOUT = 170  # seconds for one subprocess on 2 busy cores
 

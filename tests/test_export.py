@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_train import write_sentiment_csv
+from conftest import write_sentiment_csv
 
 from tfmp import cli
 from tfmp.config import TrainConfig

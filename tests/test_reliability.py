@@ -22,7 +22,7 @@ from tfmp.config import TrainConfig, config_differences
 from tfmp.models import load_model
 from tfmp.train import train
 
-from test_train import write_sentiment_csv  # noqa: E402  (tests/ is on sys.path)
+from conftest import write_sentiment_csv  # noqa: E402  (tests/ is on sys.path)
 
 ROWS, BATCH, EPOCHS = 200, 8, 2  # 160 train examples: 20 steps an epoch, 40 in all
 STEPS_PER_EPOCH = ROWS * 8 // 10 // BATCH

@@ -2,7 +2,7 @@ import json
 import os
 
 import pytest
-from test_train import write_sentiment_csv
+from conftest import read_scalars, write_sentiment_csv
 
 from tfmp import callbacks, report
 from tfmp.config import TrainConfig
@@ -44,8 +44,6 @@ def test_run_dir_has_a_report_with_plots(run):
 
 
 def test_run_logs_the_monitor_scalars_beside_keras_curves(run):
-    from test_callbacks import read_scalars
-
     s = read_scalars(os.path.join(run.run_dir, "logs", "train"))
     assert {callbacks.LOSS_SCALE, callbacks.GRAD_NORM, "epoch_loss"} <= set(s)
     # update_freq=50 and 10 steps per epoch: the two epoch ends.

@@ -1,7 +1,5 @@
-import csv
 import json
 import os
-import random
 import subprocess
 import sys
 
@@ -13,33 +11,6 @@ from tfmp.errors import UserError
 from tfmp.config import TrainConfig
 from tfmp.models import load_model
 from tfmp.train import train
-
-WORDS = {
-    "negative": ["worst", "awful", "rude", "hate", "delayed", "cancelled"],
-    "neutral": ["seat", "today", "time", "plane", "flight", "hours"],
-    "positive": ["great", "love", "thanks", "good", "thank", "help"],
-}
-FILLER = ["the", "a", "my", "your", "was", "it", "to", "of", "and"]
-
-
-def write_sentiment_csv(path, n=360, seed=0):
-    """Three classes told apart by one keyword among filler: a tiny BERT learns it."""
-    rng = random.Random(seed)
-    labels = ["negative"] * (n // 2) + ["neutral"] * (n // 4) + ["positive"] * (n - n // 2 - n // 4)
-    rng.shuffle(labels)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        for label in labels:
-            words = rng.sample(FILLER, 4) + [rng.choice(WORDS[label])]
-            rng.shuffle(words)
-            w.writerow(["@united " + " ".join(words), label])
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def sentiment_csv(tmp_path_factory):
-    return write_sentiment_csv(tmp_path_factory.mktemp("data") / "tweets.csv")
 
 
 def _config(data, model, out, policy, **kw):
