@@ -50,13 +50,26 @@ class LossScaleGuard(keras.callbacks.Callback):
         if isinstance(optimizer, LossScaleOptimizer):
             optimizer.check_scale()
             self._check_skip_rate(optimizer)
-        elif logs and "loss" in logs and not math.isfinite(float(logs["loss"])):
-            # Without a loss scale nothing skips a non-finite step: the weights are
-            # already NaN, so going on only wastes time.
+        else:
+            self._check_finite(batch, logs)
+
+    def _check_finite(self, batch, logs):
+        # Without a loss scale nothing skips a non-finite step: the weights are already
+        # NaN, so going on only wastes time. A finite loss can hide an infinite
+        # gradient (the step that applies it is the one that breaks the weights), so
+        # the gradient norm is read too.
+        what = None
+        if logs and "loss" in logs and not math.isfinite(float(logs["loss"])):
+            what = f"The training loss became {logs['loss']}"
+        else:
+            inner = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
+            norm = getattr(inner, "grad_norm", None)
+            if norm is not None and inner.built and not math.isfinite(_number(norm)):
+                what = f"The gradient norm became {_number(norm)}"
+        if what:
             raise TrainingStopped(
-                f"The training loss became {logs['loss']} at batch {batch} under "
-                f"{self.model.dtype_policy.name}. Try a lower learning rate (--lr), "
-                "gradient clipping, or check the input data."
+                f"{what} at batch {batch} under {self.model.dtype_policy.name}. Try a "
+                "lower learning rate (--lr), gradient clipping, or check the input data."
             )
 
 

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 
 from tfmp import files
-from tfmp.errors import InputError
+from tfmp.errors import InputError, TrainingStopped
 from tfmp.optimizer import global_step
 
 KEEP = 2  # checkpoints kept: the newest, and one to fall back to if it is damaged
@@ -46,6 +46,34 @@ def file_fingerprint(path):
     if not path or not os.path.isfile(path):
         return None
     return files.sha256(path)
+
+
+def library_versions():
+    """The versions a checkpoint's arrays depend on (variable order, slot layout)."""
+    import keras_hub
+    import tensorflow as tf
+
+    import tfmp
+
+    return {"tfmp": tfmp.__version__, "tensorflow": tf.__version__,
+            "keras": keras.__version__, "keras_hub": keras_hub.__version__}
+
+
+def _role(variable_path):
+    """A variable path without the auto-numbering a process adds (`adam_w_3/dense_2_bias`):
+    what the variable is (which parameter kind, which slot), comparable across runs."""
+    return re.sub(r"_\d+(?=_|/|$)", "", variable_path.split("/", 1)[-1])
+
+
+def check_finite(model, step):
+    """Raises `TrainingStopped` if a weight of `model` is NaN or infinite (nothing is saved)."""
+    bad = [w.path for w in model.weights if not np.isfinite(keras.ops.convert_to_numpy(w)).all()]
+    if bad:
+        raise TrainingStopped(
+            f"At step {step} {len(bad)} weights are not finite (first: {bad[0]}), so no "
+            "checkpoint or model was saved from them. A gradient overflowed or the loss "
+            "diverged: try a lower learning rate (--lr), gradient clipping (--clipnorm), "
+            "or check the data; resume from the last checkpoint with --resume.")
 
 
 def _extra_model_variables(model):
@@ -70,10 +98,11 @@ def save(root, model, state):
     if not opt.built:
         opt.build(model.trainable_variables)
     step = global_step(opt)
+    check_finite(model, step)  # a NaN checkpoint would pass its checksum and resume into NaN
     os.makedirs(root, exist_ok=True)
     name = f"ckpt-{step:09d}"
     final = os.path.join(root, name)
-    tmp = os.path.join(root, f".tmp-{name}-{os.getpid()}")
+    tmp = os.path.join(root, f".tmp-{name}-{files.unique_suffix()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
@@ -91,11 +120,11 @@ def save(root, model, state):
             written[fname] = {"bytes": os.path.getsize(path), "sha256": files.sha256(path)}
         state = dict(state, global_step=step, files=written,
                      optimizer_variables=[v.path for v in opt_vars],
-                     seed_variables=[v.path for v in extra])
-        files.write_atomic(os.path.join(tmp, STATE), json.dumps(state, indent=2, default=str))
+                     seed_variables=[v.path for v in extra], versions=library_versions())
+        files.write_atomic(os.path.join(tmp, STATE), files.dumps(state))
         files.fsync_dir(tmp)
         if os.path.exists(final):  # an epoch end right after a step checkpoint: replace it
-            stale = os.path.join(root, f".stale-{name}-{os.getpid()}")
+            stale = os.path.join(root, f".stale-{name}-{files.unique_suffix()}")
             os.replace(final, stale)
             os.replace(tmp, final)
             shutil.rmtree(stale, ignore_errors=True)
@@ -144,10 +173,12 @@ def _verify(path):
             state = json.load(f)
     except (OSError, ValueError) as e:
         raise ValueError(f"{state_path}: unreadable ({e})") from None
-    listed = state.get("files")
+    listed = state.get("files") if isinstance(state, dict) else None
     if not isinstance(listed, dict) or set(listed) != {WEIGHTS, ARRAYS}:
         raise ValueError(f"{state_path}: no file list")
     for fname, expected in listed.items():
+        if not isinstance(expected, dict):
+            raise ValueError(f"{state_path}: the entry of {fname} is not a size and checksum")
         # Only the two fixed names are accepted: nothing outside the checkpoint is read.
         fpath = os.path.join(path, fname)
         if not os.path.isfile(fpath):
@@ -195,6 +226,7 @@ def restore(model, path, state):
         model.load_weights(os.path.join(path, WEIGHTS))
     except Exception as e:  # a checksum-valid file that does not fit this model
         raise InputError(f"{os.path.join(path, WEIGHTS)}: does not fit the model ({e}).") from e
+    _check_versions(path, state.get("versions"))
     with np.load(os.path.join(path, ARRAYS), allow_pickle=False) as arrays:
         for prefix, variables, names in (
             ("opt", opt.variables, state["optimizer_variables"]),
@@ -206,11 +238,28 @@ def restore(model, path, state):
                     f"the model has {len(variables)}; the checkpoint is from another model.")
             for i, v in enumerate(variables):
                 value = arrays[f"{prefix}_{i:05d}"]
+                # Same shape is not enough: AdamW's momentum and velocity share one.
+                if prefix == "opt" and _role(names[i]) != _role(v.path):
+                    raise InputError(
+                        f"{os.path.join(path, ARRAYS)}: optimizer variable {i} was saved as "
+                        f"{names[i]}, but this optimizer's is {v.path}; the checkpoint is "
+                        "from another optimizer or library version. Start a new run.")
                 if tuple(value.shape) != tuple(v.shape):
                     raise InputError(
                         f"{os.path.join(path, ARRAYS)}: {names[i]} has shape {value.shape}, "
                         f"the model's {v.path} {tuple(v.shape)}.")
                 v.assign(value)
+
+
+def _check_versions(path, saved):
+    now = library_versions()
+    changed = {k: (v, now.get(k)) for k, v in (saved or {}).items() if now.get(k) != v}
+    if changed:
+        warnings.warn(
+            f"Checkpoint {path} was written with "
+            + ", ".join(f"{k} {a} (now {b})" for k, (a, b) in changed.items())
+            + ": the resumed run may not end exactly where an uninterrupted one would.",
+            stacklevel=3)
 
 
 @dataclasses.dataclass

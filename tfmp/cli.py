@@ -10,8 +10,9 @@ The flags of `train` (and the shared ones of `diagnose`) are generated from
 
 Exit status: 0 on success, 2 for bad usage or bad input (message on stderr, no
 traceback), 1 for an internal failure, 3 when training was stopped on purpose
-(collapsed loss scale, skip rate, NaN loss), 130 when interrupted (Ctrl-C) after
-saving a checkpoint.
+(collapsed loss scale, skip rate, NaN loss or gradient), 130 when interrupted (Ctrl-C)
+after saving a checkpoint, 128 + N when stopped by signal N (SIGTERM 143, SIGHUP 129)
+after saving a checkpoint.
 """
 
 import argparse
@@ -24,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tfmp import bench, data, diagnose, distribute, export, files, models, precision  # noqa: E402
 from tfmp.config import TrainConfig  # noqa: E402
-from tfmp.errors import TrainingStopped, UserError  # noqa: E402
+from tfmp.errors import Interrupted, TrainingStopped, UserError  # noqa: E402
 from tfmp.rundir import resume_point  # noqa: E402
 from tfmp.train import train  # noqa: E402
 
@@ -220,8 +221,12 @@ def main(argv=None):
     except TrainingStopped as e:
         print(f"tfmp {args.command}: training stopped: {e}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        # train() has saved a checkpoint and said how to resume.
+    except KeyboardInterrupt as e:
+        # train() has saved a checkpoint and said how to resume. A signal exits as a
+        # shell reports one (SIGTERM: 143), so a scheduler sees the job was pre-empted.
+        if isinstance(e, Interrupted):
+            print(f"tfmp {args.command}: stopped by signal {e.signum}", file=sys.stderr)
+            return 128 + e.signum
         print(f"tfmp {args.command}: interrupted", file=sys.stderr)
         return 130
 

@@ -253,3 +253,21 @@ def vectorize_step_logs(model):
 
         setattr(model, name, vectorized)
     return model
+
+
+def from_chief(dist, index, choices):
+    """The chief's `index` into `choices`, agreed by every worker (a MAX all-reduce).
+
+    Used for what each worker would otherwise decide on its own and could decide
+    differently, such as `--policy auto` from a timing probe. One host: `index` itself.
+    """
+    if dist.num_workers <= 1:
+        return index
+    import tensorflow as tf
+
+    mine = tf.constant(index + 1 if dist.is_chief else 0, tf.int32)
+    per_replica = dist.strategy.run(lambda: tf.identity(mine))
+    agreed = int(dist.strategy.reduce(tf.distribute.ReduceOp.MAX, per_replica, axis=None)) - 1
+    if not 0 <= agreed < len(choices):
+        raise UserError(f"Workers could not agree on a value from {choices}: got {agreed}.")
+    return agreed

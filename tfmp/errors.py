@@ -19,3 +19,14 @@ class PolicyError(UserError):
 
 class TrainingStopped(RuntimeError):
     """Training was stopped on purpose (loss scale collapsed, NaN loss); a checkpoint was kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived (a scheduler pre-empting the job): handled like Ctrl-C.
+
+    `signum` is the signal; the CLI exits with 128 + signum, as a shell reports it.
+    """
+
+    def __init__(self, signum):
+        super().__init__(f"signal {signum}")
+        self.signum = signum

@@ -23,7 +23,7 @@ from typing import Callable
 import keras
 import keras_hub
 
-from tfmp import data, layers, precision
+from tfmp import data, files, layers, precision
 from tfmp.errors import InputError
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.txt")
@@ -300,10 +300,15 @@ def save_inference_model(model, path):
 
 
 def load_model(run_dir):
-    """The trained classifier of a run directory, loaded in Keras' safe mode."""
+    """The trained classifier of a finished run directory, loaded in Keras' safe mode.
+
+    Refuses a run without its `COMPLETE` marker (`tfmp.files.publish`): its
+    model.keras may be empty or cut short by a crash.
+    """
     path = os.path.join(run_dir, "model.keras")
     if not os.path.isfile(path):
         raise InputError(f"'{run_dir}' is not a tfmp run directory: no model.keras in it.")
+    files.check_complete(run_dir, "run")
     with warnings.catch_warnings():
         # model.keras carries the optimizer of the finished run, which inference does
         # not need; keras-hub's custom compile() makes Keras skip restoring it, noisily.

@@ -1,13 +1,20 @@
 """The run directory: `<out>.partial` staging, the run files, the final rename, the resume point.
 
-    out = check_out(config)                       # refuses an occupied --out up front
-    staging = open_staging(out, dist, resuming)   # <out>.partial (the chief's)
-    write_run_files(staging, run_files)           # config.json, metrics.json, ...
-    finish(staging, out, dist)                    # <out>.partial -> <out>
+    out = check_out(config, protected)            # refuses an unsafe or occupied --out
+    with files.DirLock(out):                      # one writer per run directory
+        point = interrupted_run(out)              # a re-run of an interrupted run resumes
+        staging = open_staging(out, dist, resuming)   # <out>.partial (the chief's)
+        write_run_files(staging, ...)             # config.json, metrics.json, ...
+        finish(staging, out, dist)                # fsync, COMPLETE, <out>.partial -> <out>
 
 A run is assembled in `<out>.partial/` and renamed to `<out>` only when it is
-complete, so a failed run never leaves a directory that looks finished; its
-checkpoints (`tfmp.checkpoint`) live in `<out>.partial/checkpoints/` until then.
+complete and on disk (`tfmp.files.publish`), so a failed run never leaves a
+directory that looks finished; its checkpoints (`tfmp.checkpoint`) live in
+`<out>.partial/checkpoints/` until the finished run is in place.
+
+`--overwrite` replaces only an empty directory or a tfmp run (recognised by its
+files), never a file, a symbolic link, `/`, the home or working directory (or one
+of their parents), or a directory holding the data or the model.
 
 Under a multi-worker strategy only the chief writes `<out>`. Every other worker
 writes the same files into a scratch directory: `TFMP_WORKER_DIR`, else a temporary
@@ -24,7 +31,7 @@ import tempfile
 import keras
 
 from tfmp import checkpoint, files, hardware
-from tfmp.config import TrainConfig
+from tfmp.config import TrainConfig, config_differences
 from tfmp.errors import InputError, UserError
 
 PARTIAL = ".partial"
@@ -33,16 +40,58 @@ LOGS = "logs"
 MODEL = "model.keras"
 
 
-def check_out(config):
-    """The absolute `--out` of a new run; refuses an occupied one without --overwrite."""
-    out = os.path.abspath(config.out)
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        if not config.overwrite:
+def looks_like_run(path):
+    """A finished tfmp run, or one written before runs had a completion marker."""
+    return files.is_complete(path) or all(
+        os.path.isfile(os.path.join(path, f)) for f in ("config.json", "labels.json", MODEL))
+
+
+def _is_within(path, parent):
+    return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def check_target(given, what, flag, protected=(), replaceable=looks_like_run, overwrite=False):
+    """The absolute path of a directory tfmp will create or replace, or a `UserError`.
+
+    Refused whatever the flags: a symbolic link or a file, `/`, the home directory,
+    the working directory or one of its parents, and any directory holding one of
+    the `protected` paths (the data, the model, the run being exported). An existing
+    non-empty directory is replaced only with `overwrite`, and only when
+    `replaceable(path)` recognises it as tfmp's own.
+    """
+    raw = os.fspath(given).rstrip("/\\") or os.sep
+    path = os.path.abspath(raw)
+    if os.path.islink(raw):
+        raise UserError(f"{flag} '{given}' is a symbolic link; give the directory it points "
+                        f"to ({os.path.realpath(raw)}) or another path.")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{flag} '{given}' is a file, not a directory; choose another {flag}.")
+    real = os.path.realpath(path)
+    unsafe = [p for p in (os.sep, os.path.expanduser("~")) if real == os.path.realpath(p)]
+    if _is_within(os.path.realpath(os.getcwd()), real):
+        unsafe.append("the working directory or a parent of it")
+    unsafe += [f"it holds {p}" for p in protected if p and _is_within(os.path.realpath(p), real)]
+    if unsafe:
+        raise UserError(f"{flag} '{given}' cannot be {what} ({'; '.join(unsafe)}): tfmp "
+                        f"replaces that whole directory. Choose a new directory for {flag}.")
+    if os.path.isdir(path) and os.listdir(path):
+        if not overwrite:
+            raise UserError(f"{flag} '{given}' already exists and is not empty. Pass "
+                            f"--overwrite to replace it, or choose another {flag}.")
+        if not replaceable(path):
+            found = sorted(os.listdir(path))
             raise UserError(
-                f"Run directory '{config.out}' already exists and is not empty. Pass "
-                "--overwrite to replace it, or choose another --out."
-            )
-    return out
+                f"{flag} '{given}' is not tfmp's to replace: --overwrite replaces only an "
+                f"empty directory or one tfmp wrote, and it holds "
+                f"{', '.join(found[:8])}{' ...' if len(found) > 8 else ''}. Choose another "
+                f"{flag}.")
+    return path
+
+
+def check_out(config, protected=()):
+    """The absolute `--out` of a new run; refuses an unsafe or occupied one up front."""
+    return check_target(config.out, "a run directory", "--out", protected,
+                        looks_like_run, config.overwrite)
 
 
 def staging_dir(run_dir):
@@ -83,6 +132,59 @@ def resume_point(run_dir):
                         "Start the run again without --resume (with --overwrite).")
     path, state = found
     return ResumePoint(staging, path, state, TrainConfig.from_json(state["config"]))
+
+
+def interrupted_run(out):
+    """The `ResumePoint` of an interrupted run at `out` (its newest intact checkpoint), or None."""
+    root = os.path.join(out + PARTIAL, CHECKPOINTS)
+    found = checkpoint.find_latest(root) if os.path.isdir(root) else None
+    if found is None:
+        return None
+    path, state = found
+    return ResumePoint(out + PARTIAL, path, state, TrainConfig.from_json(state["config"]))
+
+
+def _finish_cut_short(config, out, log):
+    """Completes a run whose last rename a crash cut short, and clears what it left aside."""
+    if files.recover(out + PARTIAL, out):
+        if not config.overwrite:
+            raise UserError(
+                f"'{out}' had finished, but its final rename was cut short (a crash or a "
+                "kill); it is now in place, complete. Use it, or pass --overwrite to "
+                "train it again.")
+        log(f"'{out}' had finished but was not renamed into place; it is now, and "
+            "--overwrite replaces it.")
+    parent, name = os.path.split(out)
+    if files.is_complete(out) and os.path.isdir(parent):
+        for leftover in os.listdir(parent):
+            if leftover.startswith(name + ".old-"):
+                shutil.rmtree(os.path.join(parent, leftover), ignore_errors=True)
+
+
+def continue_interrupted(config, out, log=print):
+    """The resume point of an interrupted run at `out` that this config would continue.
+
+    A scheduler that re-runs the same command after a pre-emption gets the run
+    resumed; a different config is refused (exit 2) rather than the interrupted
+    run's checkpoints deleted. `--overwrite` starts over.
+    """
+    _finish_cut_short(config, out, log)
+    point = interrupted_run(out)
+    if point is None or config.overwrite:
+        return None
+    step = point.state.get("global_step")
+    diffs = config_differences(point.config, dataclasses.replace(
+        config, policy=point.config.policy))
+    if point.config.policy != config.policy and point.state.get("policy") != config.policy:
+        diffs.append(f"policy: {point.config.policy!r} in the checkpoint, {config.policy!r} now")
+    if diffs:
+        raise UserError(
+            f"'{point.staging}' holds an interrupted run (step {step}) whose config differs "
+            f"from this one ({'; '.join(diffs)}). Continue it as it was with `tfmp train "
+            f"--resume {out}`, or pass --overwrite to discard it and start over.")
+    log(f"Found an interrupted run of this config in {point.staging} at step {step}: "
+        "resuming it (pass --overwrite to start over instead).")
+    return point
 
 
 def open_staging(out, dist, resuming):
@@ -132,17 +234,18 @@ def write_run_files(staging, run_config, metrics, history, label_map, classifica
 
 
 def finish(staging, out, dist):
-    """Drops the checkpoints of a complete run and renames it into place.
+    """Puts a complete run in place durably, then drops its checkpoints.
 
     Returns `out`, or None on a non-chief worker (whose scratch directory goes).
     """
-    # The finished run has model.keras; its checkpoints (weights + slots) go.
-    shutil.rmtree(os.path.join(staging, CHECKPOINTS), ignore_errors=True)
     if not dist.is_chief:
         if not os.environ.get("TFMP_WORKER_DIR"):
             shutil.rmtree(os.path.dirname(staging), ignore_errors=True)
         return None
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.replace(staging, out)
+    model = os.path.join(staging, MODEL)
+    files.publish(staging, out, {"model_sha256": files.sha256(model)})
+    # Only now that the finished run (model.keras) is durable do its checkpoints
+    # (weights + optimizer slots) go: until here they are the way back.
+    shutil.rmtree(os.path.join(out, CHECKPOINTS), ignore_errors=True)
+    files.fsync_dir(out)
     return out

@@ -29,10 +29,10 @@ import time
 import keras
 import numpy as np
 
-from tfmp import callbacks, checkpoint, data, distribute, models, optimizer, precision
-from tfmp import report, rundir
+from tfmp import callbacks, checkpoint, data, distribute, files, models, optimizer
+from tfmp import precision, report, rundir, signals
 from tfmp.config import TrainConfig, config_differences, config_hash
-from tfmp.errors import TrainingStopped, UserError
+from tfmp.errors import Interrupted, TrainingStopped, UserError
 
 
 @dataclasses.dataclass
@@ -146,11 +146,27 @@ def train(config=None, verbose=1, resume=None):
     if config.batch_size < dist.num_replicas:
         raise UserError(f"--batch-size {config.batch_size} is the global batch, split "
                         f"across {dist.num_replicas} replicas: give at least one each.")
+    # --- Validate everything before writing anything (the lock file aside). ---
+    model_dir = config.model or models.default_model_dir()
+    out = point.out if point else rundir.check_out(config, protected=(config.data, model_dir))
+    lock = files.DirLock(out, rundir.command_line())
+    if dist.is_chief:  # the other workers write a scratch copy no one reads
+        lock.acquire()
+    try:
+        with signals.interruptible():
+            return _locked(config, point, dist, out, log, verbose)
+    finally:
+        lock.release()
 
-    # --- Validate everything before writing anything. ---
-    policy = precision.resolve(config.policy, float32_layers=config.float32_layers)
+
+def _locked(config, point, dist, out, log, verbose):
+    """`train` from the lock on: resume point, policy, data, then the run in scope."""
+    if point is None:
+        point = rundir.continue_interrupted(config, out, log)
+        if point:
+            config = dataclasses.replace(config, out=point.out)
+    policy = _policy(config, point, dist)
     log(f"Precision policy: {policy.name} ({policy.reason})")
-    out = os.path.abspath(config.out) if point else rundir.check_out(config)
     data_sha = checkpoint.file_fingerprint(config.data)
     if point and point.state.get("data_sha256") != data_sha:
         raise UserError(f"Cannot resume '{out}': the data file '{config.data}' changed since "
@@ -167,6 +183,22 @@ def train(config=None, verbose=1, resume=None):
     # and the optimizer's (built lazily by fit, save or restore), are mirrored.
     with dist.strategy.scope():
         return _train_in_scope(run)
+
+
+def _policy(config, point, dist):
+    """The run's `Policy`. `auto` is resolved once, when the run starts: a resumed run
+    takes the policy its checkpoint recorded, and every worker takes the chief's."""
+    if point is not None and config.policy == "auto" and point.state.get("policy"):
+        return precision.Policy(
+            point.state["policy"], float32_layers=config.float32_layers,
+            reason=point.state.get("policy_reason") or "chosen by auto when the run started")
+    policy = precision.resolve(config.policy, float32_layers=config.float32_layers)
+    agreed = distribute.from_chief(dist, precision.POLICIES.index(policy.name),
+                                   precision.POLICIES)
+    if precision.POLICIES[agreed] != policy.name:
+        policy = precision.Policy(precision.POLICIES[agreed], float32_layers=policy.float32_layers,
+                                  reason="the chief's choice, which every worker follows")
+    return policy
 
 
 def _train_in_scope(run):
@@ -201,6 +233,8 @@ def _train_in_scope(run):
     try:
         fitted = _fit(run, model, staging, history, steps_per_epoch,
                       lengths if config.length_grouping else None)
+        # A finished run is never committed with NaN weights (its checksum would pass).
+        checkpoint.check_finite(model, optimizer.global_step(model.optimizer))
         metrics = _test_metrics(run, model, fitted)
         run_config = _run_config(run, model, total_steps, steps_per_epoch, truncated)
         text_report = metrics["test"].pop("classification_report")
@@ -232,6 +266,7 @@ def _fit_callbacks(run, staging, history, steps_per_epoch, total_steps, lengths,
         step = optimizer.global_step(model.optimizer)
         return {"config": config.to_json(), "config_hash": config_hash(config),
                 "data_sha256": run.data_sha, "seed": config.seed, "policy": run.policy.name,
+                "policy_reason": run.policy.reason,
                 "steps_per_epoch": steps_per_epoch, "epoch": step // steps_per_epoch,
                 "batch_in_epoch": step % steps_per_epoch, "history": history}
 
@@ -281,15 +316,22 @@ def _fit(run, model, staging, history, steps_per_epoch, lengths):
                                          pool_batches=config.length_pool)),
                 validation_data=val_ds, initial_epoch=epoch, epochs=epoch + 1,
                 shuffle=False, callbacks=fit_callbacks, verbose=run.verbose)
-    except KeyboardInterrupt:
-        path = saver.save()
-        print(f"\nInterrupted: checkpoint saved to {path}. Resume with: "
-              f"tfmp train --resume {run.out}", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (tfmp.signals)
+        for callback in fit_callbacks:  # TensorBoard's buffered events reach the disk
+            if isinstance(callback, (keras.callbacks.TensorBoard, callbacks.TrainingMonitor)):
+                callback.on_train_end()
+        what = f"Stopped by signal {e.signum}" if isinstance(e, Interrupted) else "Interrupted"
+        try:
+            where = f"checkpoint saved to {saver.save()}"
+        except TrainingStopped as stopped:  # non-finite weights are not saved
+            where = f"no checkpoint saved ({stopped})"
+        print(f"\n{what}: {where}. Resume with: tfmp train --resume {run.out}",
+              file=sys.stderr)
         raise
     except TrainingStopped as e:
-        if all(np.isfinite(w).all() for w in model.get_weights()):
+        try:
             note = f"A checkpoint was saved to {saver.save()}."
-        else:  # a NaN checkpoint would only resume into NaN
+        except TrainingStopped:  # a NaN checkpoint would only resume into NaN
             note = f"The weights are not finite, so none was saved; see {saver.root}."
         raise TrainingStopped(f"{e} {note}") from e
     except Exception as e:  # a collective failed: say why, not a bare TF error
@@ -341,6 +383,11 @@ def _run_config(run, model, total_steps, steps_per_epoch, truncated):
         },
         "model_dir": os.path.abspath(run.config.model or models.default_model_dir()),
         "data": {"source": run.examples.source,
+                 # What `tfmp export` checks before it trusts its rebuilt test split.
+                 "path": (os.path.abspath(run.config.data)
+                          if os.path.isfile(run.config.data) else run.config.data),
+                 "sha256": run.data_sha,  # None for the built-in corpora
+                 "test_indices": [int(i) for i in run.splits.test.indices],
                  "stats": dict(run.examples.stats, long_texts_truncated_in_train=truncated),
                  "splits": {k: len(getattr(run.splits, k))
                             for k in ("train", "validation", "test")}},
