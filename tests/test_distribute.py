@@ -59,8 +59,10 @@ for name, mode, config in jobs:
 
 
 def _env(**extra):
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TFMP_AUTO_PROBE="0",
-                PYTHONUNBUFFERED="1", **extra)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TFMP_AUTO_PROBE="0",
+               PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
 
 
 def _run(args, **env):
@@ -229,7 +231,7 @@ def _free_ports(n):
     return ports
 
 
-def _start_workers(csv, model, out, scratch, extra=(), **env):
+def _start_workers(csv, model, out, scratch, extra=(), per_worker_env=({}, {}), **env):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
@@ -241,7 +243,8 @@ def _start_workers(csv, model, out, scratch, extra=(), **env):
                "--checkpoint-every", "0", *extra]
         procs.append(subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=_env(TF_CONFIG=tf_config, TFMP_WORKER_DIR=str(scratch / f"w{i}"), **env),
+            env=_env(TF_CONFIG=tf_config, TFMP_WORKER_DIR=str(scratch / f"w{i}"),
+                     **dict(env, **per_worker_env[i])),
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     return procs
 
@@ -316,3 +319,23 @@ def test_a_killed_worker_makes_the_other_fail_with_a_clear_message(csv, tiny_ber
           f"{err.strip().splitlines()[-1]}")
     assert chief.returncode == 3, err[-3000:]
     assert "lost contact with the others" in err and "--resume" in err, err[-3000:]
+
+
+@pytest.mark.slow
+def test_workers_take_the_chiefs_auto_policy_when_they_would_choose_differently(
+        csv, tiny_bert_dir, tmp_path):
+    # The chief skips the bfloat16 probe (float32 on a CPU); the other worker runs it
+    # (mixed_bfloat16 on an AVX512-BF16 CPU such as this one's): left to itself, each
+    # would train under another policy. Both must train under the chief's.
+    out = tmp_path / "run"
+    procs = _start_workers(csv, tiny_bert_dir, out, tmp_path,
+                           ["--policy", "auto", "--epochs", "1", "--max-train-examples",
+                            "32", "--quiet"],
+                           per_worker_env=({"TFMP_AUTO_PROBE": "0"}, {"TFMP_AUTO_PROBE": "1"}))
+    outputs = _finish(procs, TIMEOUT)
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    chief = _read_json(out / "config.json")["policy"]
+    worker = _read_json(tmp_path / "w1" / "run.partial" / "config.json")["policy"]
+    assert chief["name"] == worker["name"] == "float32", (chief, worker)
+    assert "chief" in worker["reason"] or worker["reason"] == chief["reason"]

@@ -256,7 +256,7 @@ def vectorize_step_logs(model):
 
 
 def from_chief(dist, index, choices):
-    """The chief's `index` into `choices`, agreed by every worker (a MAX all-reduce).
+    """The chief's `index` into `choices`, agreed by every worker (one all-reduce).
 
     Used for what each worker would otherwise decide on its own and could decide
     differently, such as `--policy auto` from a timing probe. One host: `index` itself.
@@ -265,9 +265,13 @@ def from_chief(dist, index, choices):
         return index
     import tensorflow as tf
 
-    mine = tf.constant(index + 1 if dist.is_chief else 0, tf.int32)
-    per_replica = dist.strategy.run(lambda: tf.identity(mine))
-    agreed = int(dist.strategy.reduce(tf.distribute.ReduceOp.MAX, per_replica, axis=None)) - 1
-    if not 0 <= agreed < len(choices):
-        raise UserError(f"Workers could not agree on a value from {choices}: got {agreed}.")
-    return agreed
+    # The chief's replicas vote for its index, the others' for nothing; strategies
+    # reduce only by SUM or MEAN, and a one-hot sum does not depend on replica counts.
+    vote = tf.one_hot(index, len(choices)) * (1.0 if dist.is_chief else 0.0)
+    votes = dist.strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                 dist.strategy.run(lambda: tf.identity(vote)), axis=None)
+    votes = votes.numpy()
+    if votes.max() <= 0:
+        raise UserError(f"Workers could not agree on one of {choices}: the chief's vote "
+                        "did not arrive.")
+    return int(votes.argmax())

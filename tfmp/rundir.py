@@ -146,19 +146,20 @@ def interrupted_run(out):
 
 def _finish_cut_short(config, out, log):
     """Completes a run whose last rename a crash cut short, and clears what it left aside."""
-    if files.recover(out + PARTIAL, out):
-        if not config.overwrite:
-            raise UserError(
-                f"'{out}' had finished, but its final rename was cut short (a crash or a "
-                "kill); it is now in place, complete. Use it, or pass --overwrite to "
-                "train it again.")
-        log(f"'{out}' had finished but was not renamed into place; it is now, and "
-            "--overwrite replaces it.")
+    recovered = files.recover(out + PARTIAL, out)
     parent, name = os.path.split(out)
     if files.is_complete(out) and os.path.isdir(parent):
         for leftover in os.listdir(parent):
-            if leftover.startswith(name + ".old-"):
+            if leftover.startswith(name + ".old-"):  # the run it replaced, renamed aside
                 shutil.rmtree(os.path.join(parent, leftover), ignore_errors=True)
+    if recovered and not config.overwrite:
+        raise UserError(
+            f"'{out}' had finished, but its final rename was cut short (a crash or a "
+            "kill); it is now in place, complete. Use it, or pass --overwrite to "
+            "train it again.")
+    if recovered:
+        log(f"'{out}' had finished but was not renamed into place; it is now, and "
+            "--overwrite replaces it.")
 
 
 def continue_interrupted(config, out, log=print):
