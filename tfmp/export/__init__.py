@@ -11,11 +11,15 @@ writes `saved_models/<name>/`:
     tflite/               model_fp32/fp16/int8.tflite, vocab.txt, labels.txt
     hf/                   BertForSequenceClassification checkpoint (safetensors)
     export_report.json    size, parity, accuracy and speed of every variant
+    COMPLETE              written last: readers call `check_export(path)` first
 
 Every variant is checked against the Keras model (rebuilt under float32 with the
-run's weights) on the run's test split: the parity gate, `GATES`. The export is
-assembled in a hidden temporary directory beside the target and moved into place
-only when every variant passed, so a failed export leaves nothing behind.
+run's weights) on the run's test split: the parity gate, `GATES`. The target is
+checked and locked before any work (`target.py`: --overwrite replaces only an
+export, never the run or a directory tfmp did not write; a second export of it is
+refused), assembled in a hidden staging directory beside it and published (fsynced,
+marked COMPLETE, renamed in) only when every variant passed, so a failed or killed
+export leaves no directory that looks finished.
 
 Each variant is a `Variant` row (`variant.py`: where its files go, how to write and
 read them back, its `Gate`) defined by its module (`savedmodel.py`, `tflite.py`,
@@ -25,15 +29,17 @@ read them back, its `Gate`) defined by its module (`savedmodel.py`, `tflite.py`,
 import json
 import os
 
-from tfmp import data, models
+from tfmp import data, files, models
 from tfmp.config import TrainConfig
 from tfmp.errors import UserError
+from tfmp.export import pipeline
 from tfmp.export.gate import ExportGateError, Gate
 from tfmp.export.pipeline import GATES, REGISTRY, VARIANTS, export_classifier
+from tfmp.export.target import check_export, claim
 from tfmp.export.variant import Variant
 
-__all__ = ["GATES", "REGISTRY", "VARIANTS", "ExportGateError", "Gate", "Variant", "export",
-           "export_classifier", "format_table"]
+__all__ = ["GATES", "REGISTRY", "VARIANTS", "ExportGateError", "Gate", "Variant",
+           "check_export", "export", "export_classifier", "format_table"]
 
 
 def export(run_dir, out_root="saved_models", name=None, max_examples=None, variants=None,
@@ -41,12 +47,12 @@ def export(run_dir, out_root="saved_models", name=None, max_examples=None, varia
     """Exports run directory `run_dir` to `<out_root>/<name>/`; returns the report.
 
     Args:
-        run_dir: str. A `tfmp train` run directory.
+        run_dir: str. A finished `tfmp train` run directory.
         out_root: str. Where the export directory is created.
         name: str or None. Export directory name (None: the run directory's name).
         max_examples: int or None. Check the gate on the first this many test examples.
         variants: names from `VARIANTS` (None: all).
-        overwrite: bool. Replace an existing export of the same name.
+        overwrite: bool. Replace an existing export of the same name (only an export).
     """
     run_dir = os.path.abspath(os.fspath(run_dir))
     missing = [f for f in ("model.keras", "labels.json", "config.json")
@@ -54,23 +60,26 @@ def export(run_dir, out_root="saved_models", name=None, max_examples=None, varia
     if missing:
         raise UserError(f"'{run_dir}' is not a tfmp run directory: missing "
                         f"{', '.join(missing)}. Pass a directory written by `tfmp train`.")
+    files.check_complete(run_dir, "run")
     if max_examples is not None and max_examples < 1:
         raise UserError(f"--max-examples must be at least 1, got {max_examples}.")
-    with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
-        run_config = json.load(f)
     label_map = data.LabelMap.load(os.path.join(run_dir, "labels.json"))
-    _, _, splits = data.prepare_data(TrainConfig.from_json(run_config["config"]))
-    split = splits.test
-    if not len(split):
-        raise UserError(f"The run in '{run_dir}' has an empty test split; train with "
-                        "--test-fraction above 0 to export it.")
-    texts = list(split.texts[:max_examples])
-    label_ids = split.label_ids[:max_examples]
+    rows = pipeline.resolve_variants(variants)
     target = os.path.join(out_root, name or os.path.basename(run_dir))
-    return export_classifier(
-        models.load_model(run_dir), label_map.names, texts, label_ids, target,
-        variants=variants, overwrite=overwrite,
-        extra={"run_dir": run_dir, "split": "test"})
+    # Claimed before any work, held to the end: the target is checked (never the run
+    # itself, nor a directory tfmp did not write) and locked against a second export.
+    with claim(target, overwrite, protected=(run_dir,)) as target:
+        with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+            run_config = json.load(f)
+        _, _, splits = data.prepare_data(TrainConfig.from_json(run_config["config"]))
+        split = splits.test
+        if not len(split):
+            raise UserError(f"The run in '{run_dir}' has an empty test split; train with "
+                            "--test-fraction above 0 to export it.")
+        extra = {"run_dir": run_dir, "split": "test"}
+        return pipeline.write_export(
+            models.load_model(run_dir), label_map.names, list(split.texts[:max_examples]),
+            split.label_ids[:max_examples], target, rows, extra)
 
 
 def format_table(report):

@@ -8,17 +8,15 @@ lists the rows in export order and the loop below knows none of them by name.
 """
 
 import collections.abc
-import contextlib
 import dataclasses
 import os
-import shutil
-import tempfile
 import time
 
 import numpy as np
 
 import tfmp.export.huggingface as huggingface
 import tfmp.export.savedmodel as savedmodel
+import tfmp.export.target as exportdir
 import tfmp.export.tflite as tflite
 from tfmp import files, models, precision
 from tfmp.data import TOKEN_KEYS
@@ -201,25 +199,8 @@ def _export_variants(ctx, evaluation, report):
     return failures
 
 
-@contextlib.contextmanager
-def _staging(target):
-    """A hidden directory beside `target`, removed on the way out whatever happened."""
-    staging = tempfile.mkdtemp(dir=os.path.dirname(target),
-                               prefix=f".{os.path.basename(target)}.partial-")
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _move_into_place(staging, target):
-    if os.path.exists(target):
-        shutil.rmtree(target)
-    os.replace(staging, target)
-
-
 def export_classifier(classifier, label_names, texts, label_ids, target, variants=None,
-                      overwrite=False, extra=None):
+                      overwrite=False, extra=None, protected=()):
     """Exports `classifier` to `target` and checks every variant on `texts`.
 
     Args:
@@ -228,21 +209,27 @@ def export_classifier(classifier, label_names, texts, label_ids, target, variant
         texts, label_ids: the evaluation examples (raw strings, true class ids).
         target: str. Directory to create (`saved_models/<name>`).
         variants: names from `VARIANTS` (None: all).
-        overwrite: bool. Replace an existing `target`.
+        overwrite: bool. Replace an existing export at `target` (nothing else).
         extra: dict merged into the report (e.g. where the run came from).
+        protected: paths `target` may not hold (the run being exported).
 
     Returns:
         The report (also written as `export_report.json`). Raises `ExportGateError`,
         with nothing written, when a variant fails its gate.
     """
     rows = resolve_variants(variants)
-    target = os.path.abspath(target)
-    if os.path.exists(target) and not overwrite:
-        raise UserError(f"'{target}' already exists. Pass --overwrite to replace it, "
-                        "or --name to export under another name.")
     if not texts:
         raise UserError("No evaluation examples to check the export against.")
-    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with exportdir.claim(target, overwrite, protected) as target:
+        return write_export(classifier, label_names, texts, label_ids, target, rows, extra)
+
+
+def write_export(classifier, label_names, texts, label_ids, target, rows, extra=None):
+    """`export_classifier` once `target` is claimed (`exportdir.claim`): the work itself.
+
+    The export is assembled in a staging directory beside `target` and published
+    (fsynced, marked COMPLETE, renamed into place) only when every variant passed.
+    """
     float32 = _float32(classifier)
     evaluation, keras_row = _reference(classifier, float32, texts, np.asarray(label_ids))
     report = {
@@ -253,7 +240,7 @@ def export_classifier(classifier, label_names, texts, label_ids, target, variant
         **(extra or {}),
         "variants": {},
     }
-    with _staging(target) as staging:
+    with exportdir.staging(target) as staging:
         ctx = Context(classifier=classifier, float32=float32, label_names=tuple(label_names),
                       staging=staging, variants=rows)
         failures = _export_variants(ctx, evaluation, report)
@@ -262,7 +249,7 @@ def export_classifier(classifier, label_names, texts, label_ids, target, variant
             raise ExportGateError(
                 "Parity gate failed, nothing was exported: " + "; ".join(failures)
                 + f" (on {len(texts)} examples).")
-        files.write_json(os.path.join(staging, "export_report.json"), report)
-        _move_into_place(staging, target)
+        files.write_json(os.path.join(staging, exportdir.REPORT), report)
+        exportdir.publish(staging, target, (extra or {}).get("run_dir"))
     report["path"] = target
     return report

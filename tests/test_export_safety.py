@@ -1,0 +1,262 @@
+"""`tfmp export` never loses work or exports the wrong thing (issue 13, export side).
+
+Findings 2 (--overwrite replaces only an export), 3 (one writer per export target)
+and 4 (a finished export is complete and durable; a killed export's leftovers are
+swept). Processes and files are real where the finding is about them: exports
+are killed with SIGKILL, two exports run at once, directories are real.
+
+The run's labels are not ASCII, so an export in an ASCII locale shows every file is
+written as UTF-8.
+"""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import write_sentiment_csv
+
+from tfmp import cli, files, models
+from tfmp.config import TrainConfig
+from tfmp.errors import InputError
+from tfmp.train import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Not ASCII: the export must write them as UTF-8 whatever the locale.
+RENAME = {"negative": "négatif", "neutral": "neutre", "positive": "positif ✓"}
+CHEAP = ["--variants", "tflite_fp32", "--max-examples", "8"]
+SEQ_LEN = 16
+
+
+def _env(**extra):
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TFMP_AUTO_PROBE="0",
+                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+
+
+def _write_csv(path, seed=0):
+    """The sentiment CSV of conftest with non-ASCII label names."""
+    plain = write_sentiment_csv(str(path) + ".plain", seed=seed)
+    with open(plain, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    os.remove(plain)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([rows[0]] + [[t, RENAME[label]] for t, label in rows[1:]])
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory):
+    return _write_csv(tmp_path_factory.mktemp("export_safety_data") / "tweets.csv")
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_csv, tiny_bert_dir, tmp_path_factory):
+    """A finished mixed_float16 run (read-only: tests that change it copy it)."""
+    out = tmp_path_factory.mktemp("export_safety_run") / "demo"
+    return train(TrainConfig(data=data_csv, model=tiny_bert_dir, policy="mixed_float16",
+                             out=str(out), epochs=1, batch_size=16, seq_len=SEQ_LEN,
+                             lr=5e-3), verbose=0).run_dir
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory):
+    from tfmp.export import export
+
+    root = tmp_path_factory.mktemp("export_safety_exports")
+    return export(run_dir, out_root=str(root), name="tiny")
+
+
+def _copy_run(run_dir, tmp_path, name="demo"):
+    copy = tmp_path / "runs" / name
+    shutil.copytree(run_dir, copy)
+    return copy
+
+
+def _export(capsys, *args):
+    """(exit status, stderr) of `tfmp export ARGS` in this process."""
+    code = cli.main(["export", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if the export gets as far as loading the model."""
+    def load_model(run_dir):
+        raise AssertionError("the export started working before refusing its target")
+
+    monkeypatch.setattr(models, "load_model", load_model)
+
+
+def _dead_pid():
+    """The pid of a process of this host that has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _host():
+    return files.unique_suffix().rsplit("-", 2)[0]  # as staging names spell it
+
+
+# --- 2. --overwrite replaces only an export, refusing up front. ---
+
+def test_overwrite_refuses_the_run_being_exported_before_any_work(
+        run_dir, tmp_path, capsys, no_work):
+    run = _copy_run(run_dir, tmp_path)
+    before = sorted(os.listdir(run))
+    code, err = _export(capsys, run, "--out-root", run.parent, "--overwrite")
+    assert code == 2 and "Traceback" not in err, err
+    assert f"it holds {run}" in err
+    assert sorted(os.listdir(run)) == before and files.is_complete(run)
+
+
+def test_overwrite_refuses_a_directory_tfmp_did_not_write_or_another_run(
+        run_dir, tmp_path, capsys, no_work):
+    run = _copy_run(run_dir, tmp_path)
+    other = _copy_run(run_dir, tmp_path, "other")
+    notes = tmp_path / "exports" / "notes"
+    notes.mkdir(parents=True)
+    (notes / "todo.txt").write_text("keep me", encoding="utf-8")
+    for root, name in ((notes.parent, "notes"), (other.parent, "other")):
+        code, err = _export(capsys, run, "--out-root", root, "--name", name, "--overwrite")
+        assert code == 2 and "not tfmp's to replace" in err, err
+    assert (notes / "todo.txt").read_text(encoding="utf-8") == "keep me"
+    assert files.is_complete(other) and os.path.isfile(other / "model.keras")
+
+
+def test_a_symlink_or_a_file_as_export_target_is_refused_with_exit_2(
+        run_dir, tmp_path, capsys, no_work):
+    run = _copy_run(run_dir, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("keep", encoding="utf-8")
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    os.symlink(elsewhere, exports / "link")
+    (exports / "file").write_text("a file", encoding="utf-8")
+    for name, what in (("link", "symbolic link"), ("file", "is a file")):
+        code, err = _export(capsys, run, "--out-root", exports, "--name", name, "--overwrite")
+        assert code == 2 and what in err and "Traceback" not in err, err
+    assert os.path.islink(exports / "link") and os.listdir(elsewhere) == ["keep.txt"]
+    assert (exports / "file").read_text(encoding="utf-8") == "a file"
+
+
+def test_overwrite_replaces_an_earlier_export_with_or_without_its_marker(
+        run_dir, tmp_path, capsys):
+    run = _copy_run(run_dir, tmp_path)
+    target = tmp_path / "exports" / "demo"
+    # An export written before exports had a COMPLETE marker: recognised by its report.
+    (target / "serving").mkdir(parents=True)
+    files.write_json(target / "export_report.json", {"variants": {}})
+    for _ in range(2):  # then over the export (with its marker) the first pass wrote
+        code, err = _export(capsys, run, "--out-root", target.parent, "--overwrite", *CHEAP)
+        assert code == 0, err
+        assert files.is_complete(target) and not (target / "serving").exists()
+        with open(target / files.MARKER, encoding="utf-8") as f:
+            assert json.load(f)["kind"] == "export"
+    assert sorted(os.listdir(target.parent)) == ["demo"]  # no staging, aside or lock left
+
+
+# --- 3. One export per target at a time; 11. files are UTF-8 in any locale. ---
+
+def test_a_second_export_to_the_same_target_is_refused_naming_the_running_one(
+        run_dir, tmp_path, capsys):
+    root = tmp_path / "exports"
+    lock = root / "demo.lock"
+    # The first export runs in an ASCII locale (no UTF-8 coercion): every file it
+    # writes with a non-ASCII label in it must name its encoding.
+    first = subprocess.Popen(
+        [sys.executable, "-m", "tfmp", "export", run_dir, "--out-root", str(root),
+         "--variants", "tflite_fp32,hf", "--max-examples", "8"],
+        cwd=tmp_path, env=_env(LC_ALL="C", LANG="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8")
+    try:
+        deadline = time.monotonic() + 180
+        while not lock.exists():
+            assert first.poll() is None, f"the first export took no lock: {first.communicate()}"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        code, err = _export(capsys, run_dir, "--out-root", root, *CHEAP)
+        assert code == 2 and f"pid {first.pid}" in err and "Traceback" not in err, err
+        _, first_err = first.communicate(timeout=300)
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == 0, first_err[-3000:]
+    target = root / "demo"
+    assert files.is_complete(target) and not lock.exists()
+    with open(target / "tflite" / "labels.txt", encoding="utf-8") as f:
+        names = f.read().splitlines()
+    assert names == json.loads((target / "export_report.json").read_text("utf-8"))["labels"]
+    assert "positif ✓" in names
+    hf_config = json.loads((target / "hf" / "config.json").read_text("utf-8"))
+    assert sorted(hf_config["label2id"]) == sorted(RENAME.values())
+
+
+# --- 4. Finished exports are complete; a killed export's leftovers are swept. ---
+
+def test_an_export_is_published_with_its_marker_and_readers_can_check_it(exported, tmp_path):
+    from tfmp.export import check_export
+
+    path = exported["path"]
+    check_export(path)  # what a reader of an export calls first
+    with open(os.path.join(path, files.MARKER), encoding="utf-8") as f:
+        assert json.load(f)["kind"] == "export"
+    assert sorted(os.listdir(os.path.dirname(path))) == ["tiny"]
+    half = tmp_path / "half"
+    shutil.copytree(path, half)
+    os.remove(half / files.MARKER)
+    with pytest.raises(InputError, match="COMPLETE"):
+        check_export(half)
+
+
+def test_a_killed_exports_staging_is_swept_and_live_or_foreign_ones_are_kept(
+        run_dir, tmp_path, capsys):
+    root = tmp_path / "exports"
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "tfmp", "export", run_dir, "--out-root", str(root)],
+        cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    try:
+        while not (root.is_dir() and any(n.startswith(".demo.partial-")
+                                         for n in os.listdir(root))):
+            assert killed.poll() is None, killed.communicate()[1][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)  # into its first variant
+    finally:
+        killed.send_signal(signal.SIGKILL)  # a power cut, as far as the export can tell
+        killed.wait()
+    left = [n for n in os.listdir(root) if n.startswith(".demo.partial-")]
+    assert len(left) == 1
+    # Staging that a live process of this host, or any process of another host, holds.
+    live = root / f".demo.partial-{files.unique_suffix()}"
+    foreign = root / ".demo.partial-some-other-host-4242-0123abcd"
+    for path in (live, foreign):
+        path.mkdir()
+    code, err = _export(capsys, run_dir, "--out-root", root, *CHEAP)
+    assert code == 0, err
+    assert files.is_complete(root / "demo")
+    assert sorted(os.listdir(root)) == sorted(["demo", live.name, foreign.name])
+
+
+def test_an_export_cut_short_between_its_two_renames_is_put_in_place(
+        exported, run_dir, tmp_path, capsys):
+    # What `files.publish` leaves when killed after renaming the old export aside and
+    # before renaming the complete new one in: no target, both beside it.
+    root = tmp_path / "exports"
+    suffix = f"{_host()}-{_dead_pid()}-0123abcd"
+    new, old = root / f".demo.partial-{suffix}", root / f"demo.old-{suffix}"
+    shutil.copytree(exported["path"], new)
+    files.write_json(new / files.MARKER, {"kind": "export", "run_dir": run_dir})
+    shutil.copytree(exported["path"], old)
+    (new / "new.txt").write_text("the new one", encoding="utf-8")
+    code, err = _export(capsys, run_dir, "--out-root", root, *CHEAP)
+    assert code == 2 and "--overwrite" in err and "put in place" in err, err
+    assert sorted(os.listdir(root)) == ["demo"]
+    assert files.is_complete(root / "demo") and (root / "demo" / "new.txt").exists()
