@@ -1,8 +1,8 @@
 """`tfmp export` never loses work or exports the wrong thing (issue 13, export side).
 
 Findings 2 (--overwrite replaces only an export), 3 (one writer per export target)
-and 4 (a finished export is complete and durable; a killed export's leftovers are
-swept). Processes and files are real where the finding is about them: exports
+4 (a finished export is complete and durable; a killed export's leftovers are swept)
+and 9 (the test split is the run's, checked by path, hash and indices). Processes and files are real where the finding is about them: exports
 are killed with SIGKILL, two exports run at once, directories are real.
 
 The run's labels are not ASCII, so an export in an ASCII locale shows every file is
@@ -260,3 +260,78 @@ def test_an_export_cut_short_between_its_two_renames_is_put_in_place(
     assert code == 2 and "--overwrite" in err and "put in place" in err, err
     assert sorted(os.listdir(root)) == ["demo"]
     assert files.is_complete(root / "demo") and (root / "demo" / "new.txt").exists()
+
+
+# --- 9. The test split is the one the run was tested on. ---
+
+def _relocated_run(run_dir, data_csv, tmp_path, given=None):
+    """A copy of the run as if trained on a copy of its data at tmp_path/a/tweets.csv.
+
+    `given`: what `--data` was at training (default: the absolute path).
+    """
+    run = _copy_run(run_dir, tmp_path)
+    data = tmp_path / "a" / "tweets.csv"
+    data.parent.mkdir()
+    shutil.copy(data_csv, data)
+    _edit_config(run, lambda c: (c["config"].update(data=given or str(data)),
+                                 c["data"].update(path=str(data))))
+    return run, data
+
+
+def _edit_config(run, edit):
+    with open(run / "config.json", encoding="utf-8") as f:
+        config = json.load(f)
+    edit(config)
+    files.write_json(run / "config.json", config)
+
+
+def test_export_refuses_a_data_file_edited_since_training(run_dir, data_csv, tmp_path, capsys):
+    run, data = _relocated_run(run_dir, data_csv, tmp_path)
+    with open(data, "a", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerow(["@united great thanks", "positif ✓"])
+    code, err = _export(capsys, run, "--out-root", tmp_path / "exports", *CHEAP)
+    assert code == 2 and f"'{data}'" in err and "edited" in err and "sha256" in err, err
+    assert not (tmp_path / "exports" / "demo").exists()
+
+
+def test_export_reads_the_recorded_path_not_one_under_todays_working_directory(
+        run_dir, data_csv, tmp_path, capsys, monkeypatch):
+    # Trained with `--data tweets.csv` in a/; exported from b/, where another tweets.csv is.
+    run, data = _relocated_run(run_dir, data_csv, tmp_path, given="tweets.csv")
+    elsewhere = tmp_path / "b"
+    elsewhere.mkdir()
+    _write_csv(elsewhere / "tweets.csv", seed=7)
+    monkeypatch.chdir(elsewhere)
+    exports = tmp_path / "exports"
+    code, err = _export(capsys, run, "--out-root", exports, *CHEAP)
+    assert code == 0, err
+    with open(exports / "demo" / "export_report.json", encoding="utf-8") as f:
+        assert json.load(f)["data"]["path"] == str(data)
+    os.remove(data)  # moved away: b/tweets.csv is another file
+    code, err = _export(capsys, run, "--out-root", exports, "--overwrite", *CHEAP)
+    assert code == 2 and f"'{data}'" in err and "missing" in err, err
+    assert str(elsewhere / "tweets.csv") in err and "different content" in err
+    shutil.copy(data_csv, elsewhere / "tweets.csv")  # moved here, unchanged: verified
+    with pytest.warns(UserWarning, match="same sha256"):
+        code, err = _export(capsys, run, "--out-root", exports, "--overwrite", *CHEAP)
+    assert code == 0, err
+
+
+def test_export_refuses_a_rebuilt_test_split_that_is_not_the_recorded_one(
+        run_dir, data_csv, tmp_path, capsys):
+    run, data = _relocated_run(run_dir, data_csv, tmp_path)
+    # As if the split had changed (another seed, another tfmp): one position differs.
+    _edit_config(run, lambda c: c["data"]["test_indices"].__setitem__(
+        0, max(c["data"]["test_indices"]) + 1))
+    code, err = _export(capsys, run, "--out-root", tmp_path / "exports", *CHEAP)
+    assert code == 2 and "test split" in err and f"'{data}'" in err, err
+    assert not (tmp_path / "exports" / "demo").exists()
+
+
+def test_a_run_recorded_before_data_fingerprints_exports_with_a_warning(
+        run_dir, tmp_path, capsys):
+    run = _copy_run(run_dir, tmp_path)
+    _edit_config(run, lambda c: [c["data"].pop(k) for k in ("path", "sha256", "test_indices")])
+    with pytest.warns(UserWarning, match="not verified"):
+        code, err = _export(capsys, run, "--out-root", tmp_path / "exports", *CHEAP)
+    assert code == 0, err

@@ -14,12 +14,13 @@ writes `saved_models/<name>/`:
     COMPLETE              written last: readers call `check_export(path)` first
 
 Every variant is checked against the Keras model (rebuilt under float32 with the
-run's weights) on the run's test split: the parity gate, `GATES`. The target is
-checked and locked before any work (`target.py`: --overwrite replaces only an
-export, never the run or a directory tfmp did not write; a second export of it is
-refused), assembled in a hidden staging directory beside it and published (fsynced,
-marked COMPLETE, renamed in) only when every variant passed, so a failed or killed
-export leaves no directory that looks finished.
+run's weights) on the run's test split, rebuilt from the data file the run recorded
+and verified by its hash and split positions (`testsplit.py`): the parity gate,
+`GATES`. The target is checked and locked before any work (`target.py`: --overwrite
+replaces only an export, never the run or a directory tfmp did not write; a second
+export of it is refused), assembled in a hidden staging directory beside it and
+published (fsynced, marked COMPLETE, renamed in) only when every variant passed,
+so a failed or killed export leaves no directory that looks finished.
 
 Each variant is a `Variant` row (`variant.py`: where its files go, how to write and
 read them back, its `Gate`) defined by its module (`savedmodel.py`, `tflite.py`,
@@ -30,9 +31,8 @@ import json
 import os
 
 from tfmp import data, files, models
-from tfmp.config import TrainConfig
 from tfmp.errors import UserError
-from tfmp.export import pipeline
+from tfmp.export import pipeline, testsplit
 from tfmp.export.gate import ExportGateError, Gate
 from tfmp.export.pipeline import GATES, REGISTRY, VARIANTS, export_classifier
 from tfmp.export.target import check_export, claim
@@ -71,12 +71,13 @@ def export(run_dir, out_root="saved_models", name=None, max_examples=None, varia
     with claim(target, overwrite, protected=(run_dir,)) as target:
         with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
             run_config = json.load(f)
-        _, _, splits = data.prepare_data(TrainConfig.from_json(run_config["config"]))
-        split = splits.test
+        split, source = testsplit.rebuild(run_dir, run_config, label_map.names)
         if not len(split):
             raise UserError(f"The run in '{run_dir}' has an empty test split; train with "
                             "--test-fraction above 0 to export it.")
-        extra = {"run_dir": run_dir, "split": "test"}
+        recorded = run_config.get("data") or {}
+        extra = {"run_dir": run_dir, "split": "test",
+                 "data": {"path": source, "sha256": recorded.get("sha256")}}
         return pipeline.write_export(
             models.load_model(run_dir), label_map.names, list(split.texts[:max_examples]),
             split.label_ids[:max_examples], target, rows, extra)
