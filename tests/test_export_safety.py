@@ -1,8 +1,9 @@
 """`tfmp export` never loses work or exports the wrong thing (issue 13, export side).
 
 Findings 2 (--overwrite replaces only an export), 3 (one writer per export target)
-4 (a finished export is complete and durable; a killed export's leftovers are swept)
-and 9 (the test split is the run's, checked by path, hash and indices). Processes and files are real where the finding is about them: exports
+4 (a finished export is complete and durable; a killed export's leftovers are swept),
+9 (the test split is the run's, checked by path, hash and indices) and 11
+(labels.txt). Processes and files are real where the finding is about them: exports
 are killed with SIGKILL, two exports run at once, directories are real.
 
 The run's labels are not ASCII, so an export in an ASCII locale shows every file is
@@ -335,3 +336,22 @@ def test_a_run_recorded_before_data_fingerprints_exports_with_a_warning(
     with pytest.warns(UserWarning, match="not verified"):
         code, err = _export(capsys, run, "--out-root", tmp_path / "exports", *CHEAP)
     assert code == 0, err
+
+
+# --- 11. labels.txt: line i+1 is class i, so a name may not hold a line break. ---
+
+@pytest.mark.parametrize("bad", ["neg\native", "neg\rative", "neg\u2028ative"])
+def test_labels_txt_refuses_a_label_name_with_a_line_break_before_any_work(
+        run_dir, tmp_path, monkeypatch, bad):
+    from tfmp.export import export_classifier, pipeline
+
+    classifier = models.load_model(run_dir)
+
+    def reference(*args):
+        raise AssertionError("the export started working before checking the label names")
+
+    monkeypatch.setattr(pipeline, "_reference", reference)
+    with pytest.raises(ValueError, match="line break"):
+        export_classifier(classifier, [bad, "neutre", "positif"], ["a", "b"], [0, 1],
+                          str(tmp_path / "x"), variants=["tflite_fp32"])
+    assert os.listdir(tmp_path) == []

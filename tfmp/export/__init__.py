@@ -65,6 +65,7 @@ def export(run_dir, out_root="saved_models", name=None, max_examples=None, varia
         raise UserError(f"--max-examples must be at least 1, got {max_examples}.")
     label_map = data.LabelMap.load(os.path.join(run_dir, "labels.json"))
     rows = pipeline.resolve_variants(variants)
+    pipeline.check_labels(rows, label_map.names)
     target = os.path.join(out_root, name or os.path.basename(run_dir))
     # Claimed before any work, held to the end: the target is checked (never the run
     # itself, nor a directory tfmp did not write) and locked against a second export.

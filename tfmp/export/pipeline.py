@@ -199,6 +199,13 @@ def _export_variants(ctx, evaluation, report):
     return failures
 
 
+def check_labels(rows, label_names):
+    """Lets every variant refuse the label names before any work (e.g. labels.txt's)."""
+    for variant in rows:
+        if variant.check is not None:
+            variant.check(tuple(label_names))
+
+
 def export_classifier(classifier, label_names, texts, label_ids, target, variants=None,
                       overwrite=False, extra=None, protected=()):
     """Exports `classifier` to `target` and checks every variant on `texts`.
@@ -218,6 +225,7 @@ def export_classifier(classifier, label_names, texts, label_ids, target, variant
         with nothing written, when a variant fails its gate.
     """
     rows = resolve_variants(variants)
+    check_labels(rows, label_names)
     if not texts:
         raise UserError("No evaluation examples to check the export against.")
     with exportdir.claim(target, overwrite, protected) as target:

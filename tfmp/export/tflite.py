@@ -21,9 +21,14 @@ import tensorflow as tf
 
 from tfmp import files
 from tfmp.data import TOKEN_KEYS
+from tfmp.errors import UserError
 from tfmp.export.gate import SIZE_REFERENCE, Gate
 from tfmp.export.savedmodel import token_specs
 from tfmp.export.variant import Variant
+
+# Every character str.splitlines() ends a line at: a label name holding one would
+# shift every later class by a line in labels.txt.
+LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 
 # Weight storage of each TFLite variant. Compute stays float32 in all three on CPU:
 # float16 weights are dequantized on load, int8 weights (dynamic range) are
@@ -114,6 +119,24 @@ class TFLiteClassifier:
         return np.concatenate(outputs)
 
 
+def check_label_names(label_names):
+    """Refuses (`UserError`, a `ValueError`) names labels.txt cannot hold, one name per line."""
+    for class_id, name in enumerate(label_names):
+        if any(c in LINE_BREAKS for c in name):
+            raise UserError(
+                f"Label name {name!r} (class {class_id}) holds a line break: in "
+                "tflite/labels.txt line i+1 names class i, and this name would shift every "
+                "class after it. Rename the label in the data (or --labels) and train again, "
+                "or export without the TFLite variants (--variants "
+                "savedmodel_fp32,savedmodel_fp16,hf).")
+
+
+def labels_text(label_names):
+    """labels.txt: the name of class i on line i+1."""
+    check_label_names(label_names)
+    return "".join(f"{name}\n" for name in label_names)
+
+
 def read(path):
     """Predictor of the .tflite file at `path`: token arrays -> probabilities."""
     return TFLiteClassifier(path).predict
@@ -133,13 +156,13 @@ def _write(ctx):
     # The app tokenizes itself (no tensorflow-text ops in TFLite) and names the class.
     directory = os.path.dirname(ctx.path)
     shutil.copy(ctx.vocabulary_file, directory)
-    files.write_atomic(os.path.join(directory, "labels.txt"), "\n".join(ctx.label_names) + "\n")
+    files.write_atomic(os.path.join(directory, "labels.txt"), labels_text(ctx.label_names))
 
 
 def _variant(quantization, gate):
     return Variant(
         name=f"tflite_{quantization}", path=f"tflite/model_{quantization}.tflite",
-        write=_write, read=read, gate=gate, inputs="tokens",
+        write=_write, read=read, gate=gate, inputs="tokens", check=check_label_names,
         # Size ratios are against tflite_fp32, so it comes with any other TFLite file.
         requires=() if quantization == "fp32" else (SIZE_REFERENCE,))
 

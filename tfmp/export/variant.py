@@ -35,6 +35,9 @@ class Variant:
     requires: tuple = ()
     # How the predictor measures the files, when not by running them as shipped.
     measured_with: str | None = None
+    # check(label_names) -> None: refuses (UserError) names the files cannot hold,
+    # called before any work so a bad name costs nothing (e.g. labels.txt's line breaks).
+    check: Callable | None = None
 
     def __post_init__(self):
         if self.inputs not in INPUTS:
