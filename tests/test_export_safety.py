@@ -1,8 +1,9 @@
 """`tfmp export` never loses work or exports the wrong thing (issue 13, export side).
 
-Findings 2 (--overwrite replaces only an export), 3 (one writer per export target)
+Findings 2 (--overwrite replaces only an export), 3 (one writer per export target),
 4 (a finished export is complete and durable; a killed export's leftovers are swept),
-9 (the test split is the run's, checked by path, hash and indices) and 11
+9 (the test split is the run's, checked by path, hash and indices), 10 (the serving
+signature on hostile inputs, the warm-up replay, the HF tokenizer's length) and 11
 (labels.txt). Processes and files are real where the finding is about them: exports
 are killed with SIGKILL, two exports run at once, directories are real.
 
@@ -17,9 +18,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
+import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import write_sentiment_csv
 
 from tfmp import cli, files, models
@@ -336,6 +340,107 @@ def test_a_run_recorded_before_data_fingerprints_exports_with_a_warning(
     with pytest.warns(UserWarning, match="not verified"):
         code, err = _export(capsys, run, "--out-root", tmp_path / "exports", *CHEAP)
     assert code == 0, err
+
+
+# --- 10. The serving signature on hostile input, the warm-up replay, the HF length. ---
+
+HUGE = "great " * 17_000  # 102,000 characters
+INVALID_UTF8 = b"\xff\xfe\xc3( great \x80"
+
+
+def _keras_probabilities(run_dir, texts):
+    """The float32 Keras model's probabilities, tokenizing in a graph as the SavedModel does.
+
+    (Called eagerly, keras-hub's tokenizer decodes in Python and raises on invalid
+    UTF-8, which tensorflow-text in the graph reads.)
+    """
+    model = models.rebuild_float32(models.load_model(run_dir))
+
+    @tf.function
+    def probabilities(text):
+        return tf.nn.softmax(model(model.preprocessor(text), training=False))
+
+    return probabilities(tf.constant(texts, tf.string)).numpy()
+
+
+@pytest.mark.parametrize("variant", ["serving/1", "serving_fp16/1"])
+def test_serving_signature_answers_empty_huge_invalid_utf8_and_empty_batches(
+        exported, run_dir, variant):
+    serve = tf.saved_model.load(os.path.join(exported["path"], variant)).signatures[
+        "serving_default"]
+    texts = [t.encode() for t in ("", HUGE)] + [INVALID_UTF8, b"great " * (SEQ_LEN - 2)]
+    out = serve(text=tf.constant(texts, tf.string))
+    assert out["probabilities"].shape == (4, 3) and out["label_id"].shape == (4,)
+    assert out["label"].shape == (4,)
+    probabilities = out["probabilities"].numpy()
+    assert np.all(np.isfinite(probabilities))
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    if variant == "serving/1":  # the float32 SavedModel: the Keras model's answers
+        np.testing.assert_allclose(probabilities, _keras_probabilities(run_dir, texts),
+                                   atol=1e-5)
+    # 100 KB is cut at the run's sequence length, as its first words alone are.
+    np.testing.assert_allclose(probabilities[1], probabilities[3], atol=1e-5)
+    empty = serve(text=tf.constant([], tf.string))
+    assert empty["probabilities"].shape == (0, 3)
+    assert empty["label_id"].shape == (0,) and empty["label"].shape == (0,)
+
+
+REPLAY = textwrap.dedent("""
+    # TF Serving loads a SavedModel into a session and replays its warm-up records
+    # through their signature_def before it serves; this does the same.
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (TF Serving links these ops in)
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    tf.compat.v1.disable_eager_execution()
+    path, results = sys.argv[1], []
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)
+        warmup = path + "/assets.extra/tf_serving_warmup_requests"
+        requests = []
+        for record in tf.compat.v1.io.tf_record_iterator(warmup):
+            request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+            requests.append((request.model_spec.signature_name or "serving_default",
+                             {k: tf.make_ndarray(v) for k, v in request.inputs.items()}))
+        hostile = [np.array(x, dtype=object) for x in
+                   ([""], [sys.argv[2]], [b"\\xff\\xfe\\xc3( great \\x80"], [])]
+        requests += [("serving_default", {"text": x}) for x in hostile]
+        for name, inputs in requests:
+            signature = meta.signature_def[name]
+            out = sess.run({k: v.name for k, v in signature.outputs.items()},
+                           {signature.inputs[k].name: v for k, v in inputs.items()})
+            results.append({"batch": len(inputs["text"]),
+                            "shapes": {k: list(v.shape) for k, v in out.items()},
+                            "finite": bool(np.all(np.isfinite(out["probabilities"])))})
+    print(json.dumps(results))
+""")
+
+
+def test_warmup_records_and_hostile_inputs_replay_through_a_session_as_tf_serving_does(
+        exported):
+    path = os.path.join(exported["path"], "serving", "1")
+    proc = subprocess.run([sys.executable, "-c", REPLAY, path, HUGE], capture_output=True,
+                          text=True, env=_env(), timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [r["batch"] for r in results] == [1, 8, 1, 1, 1, 0]  # 2 warm-up records, 4 more
+    for r in results:
+        n = r["batch"]
+        assert r["shapes"] == {"probabilities": [n, 3], "label_id": [n], "label": [n]}, r
+        assert r["finite"]
+
+
+def test_hf_tokenizer_truncates_at_the_runs_sequence_length(exported):
+    from transformers import AutoTokenizer
+
+    hf = os.path.join(exported["path"], "hf")
+    with open(os.path.join(hf, "tokenizer_config.json"), encoding="utf-8") as f:
+        assert json.load(f)["model_max_length"] == SEQ_LEN == exported["sequence_length"]
+    tokenizer = AutoTokenizer.from_pretrained(hf)
+    assert tokenizer.model_max_length == SEQ_LEN
+    assert len(tokenizer(HUGE, truncation=True)["input_ids"]) == SEQ_LEN
 
 
 # --- 11. labels.txt: line i+1 is class i, so a name may not hold a line break. ---

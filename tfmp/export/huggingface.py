@@ -95,7 +95,7 @@ def backbone_tensors(backbone, prefix=""):
 
 
 def save_checkpoint(backbone, vocabulary, path, lowercase=True, classifier=None,
-                    label_names=None):
+                    label_names=None, model_max_length=None):
     """Writes config.json, model.safetensors, vocab.txt and tokenizer_config.json.
 
     Args:
@@ -106,6 +106,8 @@ def save_checkpoint(backbone, vocabulary, path, lowercase=True, classifier=None,
         classifier: optional `BertClassifier`; adds `classifier.weight/bias` and
             writes a `BertForSequenceClassification` config.
         label_names: names of the classes, for `id2label` / `label2id`.
+        model_max_length: int or None. The tokenizer's truncation length (None: the
+            backbone's `max_sequence_length`).
     """
     from safetensors.numpy import save_file
 
@@ -138,7 +140,7 @@ def save_checkpoint(backbone, vocabulary, path, lowercase=True, classifier=None,
         "pad_token": "[PAD]",
         "cls_token": "[CLS]",
         "mask_token": "[MASK]",
-        "model_max_length": backbone.max_sequence_length,
+        "model_max_length": model_max_length or backbone.max_sequence_length,
     })
     return path
 
@@ -147,16 +149,18 @@ def write(ctx):
     """The `hf` variant: `ctx.float32` as a `BertForSequenceClassification` checkpoint."""
     classifier = ctx.float32
     tokenizer = classifier.preprocessor.tokenizer
+    # The run trained on texts cut at its --seq-len, not the backbone's 512 positions:
+    # a tokenizer that truncates later gives PyTorch users inputs the head never saw.
+    length = int(classifier.preprocessor.sequence_length)
     save_checkpoint(classifier.backbone, list(tokenizer.vocabulary), ctx.path,
                     lowercase=bool(tokenizer.lowercase), classifier=classifier,
-                    label_names=ctx.label_names)
+                    label_names=ctx.label_names, model_max_length=length)
     # tokenizer.json and special_tokens_map.json, so AutoTokenizer needs no conversion.
     from transformers import BertTokenizerFast
 
     BertTokenizerFast(vocab_file=os.path.join(ctx.path, "vocab.txt"),
                       do_lower_case=bool(tokenizer.lowercase),
-                      model_max_length=classifier.backbone.max_sequence_length,
-                      ).save_pretrained(ctx.path)
+                      model_max_length=length).save_pretrained(ctx.path)
 
 
 def read(path):
