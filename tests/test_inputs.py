@@ -83,3 +83,20 @@ def test_integer_label_past_4300_digits_is_refused_naming_the_line(tmp_path, tin
     code, err = _train(capsys, path, tmp_path / "run", tiny_bert_dir)
     _assert_refused(code, err, tmp_path / "run", str(path), "line 5", "4300 digits",
                     "write it as a string")
+
+
+# --- JSON escapes of half a character (seen while writing the fuzz tests) ----------------------
+
+
+def test_jsonl_unpaired_surrogate_escape_is_replaced_and_counted(tmp_path):
+    # Seen while writing tests/test_fuzz.py: "\ud800" decodes to half a character, which tf.constant
+    # (and any UTF-8 file) refuses, so training failed with a ValueError after reading.
+    import tensorflow as tf
+
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"text": "a\\ud800b", "label": "x\\udc80"}\n{"text": "c", "label": "y"}\n',
+                    encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"1 row\(s\) had bytes that do not decode"):
+        examples = data.load_examples(path)
+    assert examples.texts == ["a\ufffdb", "c"] and examples.labels == ["x\ufffd", "y"]
+    tf.constant(examples.texts)

