@@ -108,11 +108,14 @@ def test_utf8_byte_order_mark_is_not_part_of_first_column(tmp_path):
     assert load_examples(str(path)).texts == ["hi"]
 
 
-def test_encoding_that_is_unknown_or_not_ascii_compatible_is_rejected(tmp_path):
+def test_encoding_that_is_unknown_not_text_or_not_the_files_is_rejected(tmp_path):
     path = write(tmp_path / "a.csv", "text,label\nhi,positive\n")
     with pytest.raises(InputError, match=r"a\.csv: unknown encoding 'nope'"):
         load_examples(str(path), encoding="nope")
-    with pytest.raises(InputError, match=r"a\.csv: encoding 'utf-16' is not ASCII-compatible"):
+    with pytest.raises(InputError, match=r"a\.csv: unknown encoding 'hex' \(or not a text encoding\)"):
+        load_examples(str(path), encoding="hex")
+    # UTF-16 is read (tests/test_inputs.py), but this file has none of its NUL bytes.
+    with pytest.raises(InputError, match=r"a\.csv: has no NUL bytes, so it is not utf-16 text"):
         load_examples(str(path), encoding="utf-16")
 
 

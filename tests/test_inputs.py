@@ -121,3 +121,63 @@ def test_csv_field_over_16_mib_says_field_too_long_with_row_and_column(tmp_path,
     _assert_refused(code, err, tmp_path / "run", str(path), "row 5", "column 'text'",
                     "field too long", "16 MiB")
     assert "malformed" not in err
+
+
+# --- 6. UTF-16 and UTF-32 files ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("codec, named", [
+    ("utf-16", "--encoding utf-16"), ("utf-32", "--encoding utf-32"),
+    ("utf-16-le", "--encoding utf-16-le"), ("utf-16-be", "--encoding utf-16-be"),
+    ("utf-32-le", "--encoding utf-32-le"),
+])
+def test_utf16_or_utf32_file_read_as_utf8_names_the_encoding(codec, named, tmp_path, tiny_bert_dir,
+                                                             capsys):
+    path = tmp_path / "wide.csv"
+    path.write_bytes(_csv_text().encode(codec))
+    code, err = _train(capsys, path, tmp_path / "run", tiny_bert_dir)
+    _assert_refused(code, err, tmp_path / "run", str(path), named.split()[-1].upper()[:6], named)
+
+
+@pytest.mark.parametrize("codec, bom, encoding", [
+    ("utf-16", True, "utf-16"), ("utf-16-le", True, "utf-16-le"), ("utf-16-le", True, "utf-16"),
+    ("utf-16-le", False, "utf-16-le"), ("utf-16-be", False, "utf-16-be"),
+    ("utf-32", True, "utf-32"), ("utf-32-be", False, "utf-32-be"),
+])
+def test_utf16_and_utf32_files_are_read_with_encoding(codec, bom, encoding, tmp_path):
+    path = tmp_path / "wide.csv"
+    rows = [("café ✈ on time", "positive"), *ROWS]
+    # The "utf-16"/"utf-32" codecs write a byte-order mark themselves; "-le"/"-be" do not.
+    mark = "\ufeff" if bom and codec.endswith(("le", "be")) else ""
+    path.write_bytes((mark + _csv_text(rows)).encode(codec))
+    examples = data.load_examples(path, encoding=encoding, on_decode_error="strict")
+    assert examples.texts[0] == "café ✈ on time" and examples.labels[:2] == ["positive"] * 2
+    assert examples.stats["replaced_bytes"] == 0
+
+
+def test_utf16_bytes_that_do_not_decode_are_replaced_or_refused(tmp_path):
+    path = tmp_path / "bad.csv"
+    good = _csv_text().encode("utf-16-le")
+    path.write_bytes(good[:30] + b"\x00\xdc" + good[30:])  # an unpaired low surrogate
+    with pytest.warns(UserWarning, match="replaced by U\\+FFFD"):
+        examples = data.load_examples(path, encoding="utf-16-le")
+    assert examples.stats["replaced_bytes"] == 1
+    with pytest.raises(InputError, match=r"bad\.csv: line 2: bytes .* do not decode as utf-16-le"):
+        data.load_examples(path, encoding="utf-16-le", on_decode_error="strict")
+
+
+def test_archive_renamed_csv_is_named_as_an_archive(tmp_path):
+    import zipfile
+
+    path = tmp_path / "data.csv"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("data.csv", _csv_text())
+    with pytest.raises(InputError, match=r"data\.csv: holds NUL bytes .* zip or gzip archive"):
+        data.load_examples(path)
+
+
+def test_utf8_sig_keeps_a_byte_order_mark_that_starts_a_later_line(tmp_path):
+    # Seen while writing tests/test_fuzz.py: each line decoded as utf-8-sig lost its U+FEFF.
+    path = tmp_path / "sig.csv"
+    path.write_bytes("\ufefftext,label\n\ufeffhi,positive\nyo,negative\n".encode("utf-8"))
+    assert data.load_examples(path, encoding="utf-8-sig").texts == ["\ufeffhi", "yo"]

