@@ -181,3 +181,27 @@ def test_utf8_sig_keeps_a_byte_order_mark_that_starts_a_later_line(tmp_path):
     path = tmp_path / "sig.csv"
     path.write_bytes("\ufefftext,label\n\ufeffhi,positive\nyo,negative\n".encode("utf-8"))
     assert data.load_examples(path, encoding="utf-8-sig").texts == ["\ufeffhi", "yo"]
+
+
+# --- 7. A label holding a line break or another control character ------------------------------
+
+
+@pytest.mark.parametrize("label", ["pos\nitive", "pos\ritive", "pos\titive", "pos\x00itive",
+                                   "pos\u2028itive", "pos\x85itive"])
+def test_label_with_a_control_character_is_refused_naming_row_and_label(label, tmp_path,
+                                                                        tiny_bert_dir, capsys):
+    # Every "positive" (rows 1, 4, 7, ...) is `label`: a class that would train, and write a
+    # labels.txt whose line numbers are no longer the class ids.
+    path = tmp_path / "a.jsonl"
+    rows = [{"text": t, "label": label if y == "positive" else y} for t, y in ROWS]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    code, err = _train(capsys, path, tmp_path / "run", tiny_bert_dir)
+    _assert_refused(code, err, tmp_path / "run", str(path), "row 1", repr(label),
+                    f"U+{ord(label[3]):04X}", "labels.txt", "rows 1, 4, 7, 10,")
+
+
+def test_label_map_refuses_a_name_with_a_line_break():
+    with pytest.raises(InputError, match=r"'a\\nb' holds a control character"):
+        data.LabelMap(["a\nb", "c"])
+    with pytest.raises(InputError, match="holds a control character"):
+        data.LabelMap.from_json({"names": ["ok", "x\ry"]})

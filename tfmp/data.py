@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import unicodedata
 from typing import Sequence
 
 import numpy as np
@@ -34,6 +35,33 @@ from tfmp.readers import (  # noqa: F401  (re-exported)
 # the model's inputs, the exported models' token inputs, what trimming cuts.
 TOKEN_KEYS = ("token_ids", "padding_mask", "segment_ids")
 
+# What a label name may not hold: labels.txt has one name per line (any line break that
+# Python's splitlines knows would shift the class ids after it), and labels.json is UTF-8,
+# which cannot hold an unpaired surrogate.
+_UNPRINTABLE = {"Cc": "a control character", "Zl": "a line separator",
+                "Zp": "a paragraph separator", "Cs": "an unpaired surrogate"}
+
+
+def label_problem(name: str) -> str | None:
+    """Why `name` cannot be a label name (e.g. "holds a control character ('\\n', U+000A)"), or None."""
+    for c in name:
+        kind = _UNPRINTABLE.get(unicodedata.category(c))
+        if kind:
+            return f"holds {kind} ({c!r}, U+{ord(c):04X})"
+    return None
+
+
+def check_label_names(labels: Sequence[str], source: str, rows: Sequence[int]) -> None:
+    """Raises `InputError` naming the rows whose label cannot be a label name (`label_problem`)."""
+    problems = {name: label_problem(name) for name in set(labels)}
+    bad = [i for i, name in enumerate(labels) if problems[name]]
+    if bad:
+        name = labels[bad[0]]
+        raise InputError(
+            f"{source}: row {rows[bad[0]]}: label {name!r:.80} {problems[name]}; label names are "
+            f"written one per line (labels.txt), so they must be printable. Fix the label on "
+            f"that row ({len(bad)} row(s) in all: rows {_listed([rows[i] for i in bad])}).")
+
 
 class LabelMap:
     """The order of label names: class id i is `names[i]`.
@@ -50,6 +78,10 @@ class LabelMap:
             raise InputError(f"Label names must be unique; repeated: {duplicates}. Pass each label once to --labels.")
         if len(names) < 2 or any(not n.strip() for n in names):
             raise InputError(f"A label map needs at least 2 non-empty names, got {list(names)}.")
+        for name, problem in ((n, label_problem(n)) for n in names):
+            if problem:
+                raise InputError(f"Label name {name!r:.80} {problem}; label names are written one "
+                                 "per line (labels.txt): pass printable names.")
         self.names = names
         self._ids = {n: i for i, n in enumerate(names)}
 
@@ -327,6 +359,7 @@ def prepare_data(config):
         encoding=config.encoding,
         on_decode_error=config.on_decode_error,
     )
+    check_label_names(examples.labels, examples.source, examples.rows)
     if config.labels:
         label_map = LabelMap(config.labels)
     else:
