@@ -102,6 +102,59 @@ def test_jsonl_unpaired_surrogate_escape_is_replaced_and_counted(tmp_path):
     tf.constant(examples.texts)
 
 
+# --- 3. A hand-edited config with a value of the wrong type ------------------------------------
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("epochs", "2", "an integer"), ("epochs", 2.0, "an integer"), ("lr", "5e-5", "a finite number"),
+    ("lr", float("nan"), "a finite number"), ("length_grouping", 1, "true or false"),
+    ("model", 3, "a string or null"), ("labels", "a,b", "a list of strings or null"),
+    ("float32_layers", [1], "a list of strings"), ("seed", True, "an integer"),
+])
+def test_saved_config_with_a_wrong_type_names_field_value_and_type(field, value, expected):
+    saved = dict(TrainConfig().to_json(), **{field: value})
+    with pytest.raises(UserError) as e:
+        TrainConfig.from_json(saved, source="runs/a/config.json")
+    message = str(e.value)
+    assert all(s in message for s in ("runs/a/config.json", repr(field), repr(value)[:20], expected))
+
+
+def test_saved_config_accepts_ints_for_floats_and_round_trips():
+    saved = dict(TrainConfig().to_json(), lr=1, labels=["b", "a"])
+    config = TrainConfig.from_json(saved)
+    assert config.lr == 1 and config.labels == ("b", "a")
+    assert TrainConfig.from_json(config.to_json()) == config
+    with pytest.raises(UserError, match="expected a JSON object"):
+        TrainConfig.from_json(["epochs", 2])
+
+
+def test_validate_checks_types_of_a_config_built_in_python():
+    with pytest.raises(UserError, match=r"'epochs' \(--epochs\) is '2' \(str\); expected an integer"):
+        TrainConfig(epochs="2").validate()
+    TrainConfig(data=pathlib.Path("a.csv")).validate()  # the Python API may pass Path objects
+
+
+def test_resume_from_a_checkpoint_with_a_hand_edited_config_exits_2(tmp_path, capsys):
+    # An interrupted run whose checkpoint state holds "epochs": "2" (edited by hand): its
+    # files are intact, so only the type check stands between it and a TypeError.
+    out = tmp_path / "run"
+    ckpt = tmp_path / "run.partial" / "checkpoints" / "ckpt-000000001"
+    ckpt.mkdir(parents=True)
+    listed = {}
+    for name in (checkpoint.WEIGHTS, checkpoint.ARRAYS):
+        (ckpt / name).write_bytes(b"not used")
+        listed[name] = {"bytes": 8, "sha256": files.sha256(ckpt / name)}
+    config = dict(TrainConfig(data="airline", out=str(out)).to_json(), epochs="2")
+    state = {"files": listed, "config": config, "global_step": 1}
+    (ckpt / checkpoint.STATE).write_text(json.dumps(state), encoding="utf-8")
+    (ckpt.parent / checkpoint.POINTER).write_text(ckpt.name, encoding="utf-8")
+    before = sorted(p.name for p in ckpt.iterdir())
+    code = cli.main(["train", "--resume", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    _assert_refused(code, err, out, "'epochs'", "'2' (str)", "expected an integer", partial=True)
+    assert sorted(p.name for p in ckpt.iterdir()) == before  # the checkpoint is left as it was
+
+
 # --- 5. A CSV field over the csv module's default 128 KiB limit --------------------------------
 
 

@@ -9,8 +9,27 @@ when a run is resumed (`RESUMABLE_FIELDS`), and the fingerprint that checks it.
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
+import os
+import types
 
 from tfmp.errors import UserError
+
+# Settings that name a path: the Python API may pass a pathlib.Path for them.
+_PATH_FIELDS = ("data", "model", "out")
+# What each annotated type accepts, in words (for the message) and as a test. Ints are
+# accepted where a float is expected (JSON writes 1.0 as 1 in some hands); bool, although
+# an int to Python, is not a number here.
+_KINDS = {
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("an integer", lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
+    float: ("a finite number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
+            and math.isfinite(v)),
+    str: ("a string", lambda v: isinstance(v, str)),
+    tuple: ("a list of strings", lambda v: isinstance(v, (tuple, list))
+            and all(isinstance(x, str) for x in v)),
+}
 
 
 def _setting(default, help, **cli):
@@ -94,14 +113,21 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_json(cls, d):
+    def from_json(cls, d, source="the saved config"):
+        """The config in `d` (as `to_json` wrote it), checked: a `UserError` names a field
+        of the wrong type (a hand-edited config.json), where it came from and what to do."""
+        if not isinstance(d, dict):
+            raise UserError(f"{source}: expected a JSON object of TrainConfig fields, got "
+                            f"{type(d).__name__}. Restore it from the run's config.json.")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - fields)
         if unknown:
-            raise UserError(f"Unknown TrainConfig fields: {', '.join(unknown)}.")
+            raise UserError(f"{source}: unknown TrainConfig fields: {', '.join(unknown)}.")
         d = dict(d)
-        if d.get("labels"):
-            d["labels"] = tuple(d["labels"])
+        if d.get("float32_layers") is None:  # written as null by hand: no pins
+            d.pop("float32_layers", None)
+        check_types(d, f"{source}: ")
+        d["labels"] = tuple(d["labels"]) if d.get("labels") else None
         d["float32_layers"] = tuple(d.get("float32_layers") or ())
         # Saved before --length-pool existed: grouping then sorted pools of 50 batches, and
         # a resumed run must rebuild exactly those batches.
@@ -109,6 +135,7 @@ class TrainConfig:
         return cls(**d)
 
     def validate(self):
+        check_types(dataclasses.asdict(self), "")
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}."),
             (self.length_pool >= 1,
@@ -127,6 +154,34 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+
+
+def check_types(values, where):
+    """Raises `UserError` for the first of `values` (TrainConfig fields) whose type does not
+    match the field's annotation; `where` starts the message (e.g. the file it came from)."""
+    for field in dataclasses.fields(TrainConfig):
+        if field.name not in values:
+            continue
+        value, kinds = values[field.name], _annotation_kinds(field.type)
+        if value is None and type(None) in kinds:
+            continue
+        if field.name in _PATH_FIELDS and isinstance(value, os.PathLike):
+            continue
+        known = [_KINDS[k] for k in kinds if k in _KINDS]
+        if not any(test(value) for _, test in known):
+            expected = " or ".join([words for words, _ in known]
+                                   + ["null"] * (type(None) in kinds))
+            raise UserError(
+                f"{where}TrainConfig field {field.name!r} (--{field.name.replace('_', '-')}) is "
+                f"{value!r:.80} ({type(value).__name__}); expected {expected}. Fix it where it was "
+                f'set (in a saved config.json: "epochs": 2, not "2").')
+
+
+def _annotation_kinds(annotation):
+    """(int,) for `int`, (str, NoneType) for `str | None`, ..."""
+    if isinstance(annotation, types.UnionType):
+        return annotation.__args__
+    return (annotation,)
 
 
 # TrainConfig fields that do not change what a run computes: they may differ on resume.
