@@ -155,6 +155,32 @@ def test_resume_from_a_checkpoint_with_a_hand_edited_config_exits_2(tmp_path, ca
     assert sorted(p.name for p in ckpt.iterdir()) == before  # the checkpoint is left as it was
 
 
+# --- 4. An invalid regular expression in --float32-layers --------------------------------------
+
+
+def test_invalid_float32_layer_regex_is_refused_before_anything_runs(tmp_path, tiny_bert_dir,
+                                                                       capsys):
+    path = tmp_path / "a.csv"
+    path.write_text(_csv_text(), encoding="utf-8")
+    out = tmp_path / "run"
+    code = cli.main(["train", "--data", str(path), "--out", str(out), "--model", tiny_bert_dir,
+                     "--policy", "mixed_float16", "--float32-layers", "bert_backbone/((",
+                     "--epochs", "1", "--batch-size", "4", "--seq-len", "16", "--quiet"])
+    err = capsys.readouterr().err
+    _assert_refused(code, err, out, "--float32-layers", "'bert_backbone/(('",
+                    "not a valid regular expression", "missing )")
+
+
+def test_pin_float32_names_an_invalid_pattern():
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)),
+                              keras.layers.Dense(2, name="dense", dtype="mixed_float16")])
+    with pytest.raises(UserError, match=r"'dense\[' is not a valid regular expression"):
+        precision.pin_float32(model, (p for p in ["dense", "dense["]))
+    assert precision.pin_float32(model, (p for p in ["dens."])) == ["dense"]
+
+
 # --- 5. A CSV field over the csv module's default 128 KiB limit --------------------------------
 
 

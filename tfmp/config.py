@@ -12,6 +12,7 @@ import json
 import math
 import numbers
 import os
+import re
 import types
 
 from tfmp.errors import UserError
@@ -136,6 +137,7 @@ class TrainConfig:
 
     def validate(self):
         check_types(dataclasses.asdict(self), "")
+        check_layer_patterns(self.float32_layers)
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}."),
             (self.length_pool >= 1,
@@ -182,6 +184,19 @@ def _annotation_kinds(annotation):
     if isinstance(annotation, types.UnionType):
         return annotation.__args__
     return (annotation,)
+
+
+def check_layer_patterns(patterns):
+    """Raises `UserError` for a `--float32-layers` pattern that is not a valid regular
+    expression (each is an exact path, a parent path, or a regex on the whole path)."""
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise UserError(
+                f"--float32-layers: {pattern!r} is not a valid regular expression ({e}). Use a "
+                "layer path printed by `tfmp diagnose`, or put a backslash before special "
+                r"characters (\( for a literal '(').") from None
 
 
 # TrainConfig fields that do not change what a run computes: they may differ on resume.

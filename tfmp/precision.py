@@ -278,8 +278,13 @@ def pin_float32(model, patterns):
         The paths of the layers pinned.
 
     Raises:
-        UserError if a pattern matches no layer.
+        UserError if a pattern is not a valid regular expression or matches no layer.
     """
+    # config holds the one wording of a bad pattern; TrainConfig.validate checks them up front.
+    from tfmp.config import check_layer_patterns
+
+    patterns = list(patterns)
+    check_layer_patterns(patterns)
     layers = layer_paths(model)
     pinned = []
     for pattern in patterns:
