@@ -284,3 +284,22 @@ def test_label_map_refuses_a_name_with_a_line_break():
         data.LabelMap(["a\nb", "c"])
     with pytest.raises(InputError, match="holds a control character"):
         data.LabelMap.from_json({"names": ["ok", "x\ry"]})
+
+
+# --- 9. history.json and report.json are strict JSON ------------------------------------------
+
+
+def test_report_with_nan_in_history_is_strict_json_and_renders(tmp_path):
+    def reject(constant):
+        raise ValueError(f"bare {constant} in strict JSON")
+
+    history = {"loss": [0.9, math.nan], "val_loss": [math.inf], "accuracy": [0.5, math.nan]}
+    metrics = {"accuracy": math.nan, "macro_f1": 0.5, "majority_class_share": 0.5,
+               "optimizer": {"iterations": 4, "skipped_steps": 0, "loss_scale": math.inf}}
+    run_config = {"policy": {"name": "mixed_float16", "reason": "test"}, "versions": {}}
+    report.write_report(tmp_path, run_config, metrics, history)
+    text = (tmp_path / "report.json").read_text(encoding="utf-8")
+    saved = json.loads(text, parse_constant=reject)
+    assert saved["outcome"]["final_train_loss"] is None and saved["outcome"]["accuracy"] is None
+    markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "# Run report" in markdown and "**Test accuracy nan**" in markdown
