@@ -27,6 +27,7 @@ from tfmp.readers import (  # noqa: F401  (re-exported)
     Examples,
     _listed,
     _MAX_LISTED,
+    _SHORT,
     _read_bytes,
     load_examples,
 )
@@ -77,7 +78,8 @@ class LabelMap:
         if duplicates:
             raise InputError(f"Label names must be unique; repeated: {duplicates}. Pass each label once to --labels.")
         if len(names) < 2 or any(not n.strip() for n in names):
-            raise InputError(f"A label map needs at least 2 non-empty names, got {list(names)}.")
+            raise InputError(f"A label map needs at least 2 non-empty names, got "
+                             f"{_SHORT.repr(list(names))}.")
         for name, problem in ((n, label_problem(n)) for n in names):
             if problem:
                 raise InputError(f"Label name {name!r:.80} {problem}; label names are written one "
@@ -99,8 +101,8 @@ class LabelMap:
             noun = "rows" if rows else "positions"
             raise InputError(
                 f"{source or 'labels'}: {len(unknown)} label(s) not in the label map: "
-                f"{values[:_MAX_LISTED]}{' ...' if len(values) > _MAX_LISTED else ''} "
-                f"({noun} {_listed(where)}). Known labels: {list(self.names)}. "
+                f"{_SHORT.repr(values[:_MAX_LISTED])}{' ...' if len(values) > _MAX_LISTED else ''} "
+                f"({noun} {_listed(where)}). Known labels: {_SHORT.repr(list(self.names))}. "
                 f"Fix those rows, or pass --labels name1,name2,... to set the label map."
             )
         return np.fromiter((self._ids[label] for label in labels), dtype=np.int32, count=len(labels))
@@ -360,17 +362,22 @@ def prepare_data(config):
         on_decode_error=config.on_decode_error,
     )
     check_label_names(examples.labels, examples.source, examples.rows)
-    if config.labels:
-        label_map = LabelMap(config.labels)
-    else:
-        label_map = LabelMap.from_labels(examples.labels)
-    label_ids = label_map.ids(examples.labels, source=examples.source, rows=examples.rows)
-    splits = split_examples(
-        examples.texts,
-        label_ids,
-        validation_fraction=config.validation_fraction,
-        test_fraction=config.test_fraction,
-        seed=config.seed,
-        max_train_examples=config.max_train_examples,
-    )
+    try:
+        if config.labels:
+            label_map = LabelMap(config.labels)
+        else:
+            label_map = LabelMap.from_labels(examples.labels)
+        label_ids = label_map.ids(examples.labels, source=examples.source, rows=examples.rows)
+        splits = split_examples(
+            examples.texts,
+            label_ids,
+            validation_fraction=config.validation_fraction,
+            test_fraction=config.test_fraction,
+            seed=config.seed,
+            max_train_examples=config.max_train_examples,
+        )
+    except InputError as e:  # one label only, too few examples: say which file holds them
+        if str(e).startswith(f"{examples.source}: "):
+            raise
+        raise InputError(f"{examples.source}: {e}") from None
     return examples, label_map, splits
