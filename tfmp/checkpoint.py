@@ -176,6 +176,8 @@ def _verify(path):
     listed = state.get("files") if isinstance(state, dict) else None
     if not isinstance(listed, dict) or set(listed) != {WEIGHTS, ARRAYS}:
         raise ValueError(f"{state_path}: no file list")
+    if not isinstance(state.get("config"), dict):
+        raise ValueError(f"{state_path}: no run config")
     for fname, expected in listed.items():
         if not isinstance(expected, dict):
             raise ValueError(f"{state_path}: the entry of {fname} is not a size and checksum")

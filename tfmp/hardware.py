@@ -71,7 +71,7 @@ def cpu_model():
 def _read_cpuinfo():
     model, flags = "", set()
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 key = key.strip()

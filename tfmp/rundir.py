@@ -130,8 +130,13 @@ def resume_point(run_dir):
     if found is None:
         raise UserError(f"'{root}' holds no intact checkpoint, so there is nothing to resume. "
                         "Start the run again without --resume (with --overwrite).")
-    path, state = found
-    return ResumePoint(staging, path, state, TrainConfig.from_json(state["config"]))
+    return _point(staging, *found)
+
+
+def _point(staging, path, state):
+    # checkpoint.find_latest vouches for the state's shape, not for a hand-edited config.
+    source = os.path.join(path, checkpoint.STATE)
+    return ResumePoint(staging, path, state, TrainConfig.from_json(state["config"], source))
 
 
 def interrupted_run(out):
@@ -140,8 +145,7 @@ def interrupted_run(out):
     found = checkpoint.find_latest(root) if os.path.isdir(root) else None
     if found is None:
         return None
-    path, state = found
-    return ResumePoint(out + PARTIAL, path, state, TrainConfig.from_json(state["config"]))
+    return _point(out + PARTIAL, *found)
 
 
 def _finish_cut_short(config, out, log):

@@ -31,7 +31,7 @@ import json
 import os
 
 from tfmp import data, files, models
-from tfmp.errors import UserError
+from tfmp.errors import InputError, UserError
 from tfmp.export import pipeline, testsplit
 from tfmp.export.gate import ExportGateError, Gate
 from tfmp.export.pipeline import GATES, REGISTRY, VARIANTS, export_classifier
@@ -70,8 +70,16 @@ def export(run_dir, out_root="saved_models", name=None, max_examples=None, varia
     # Claimed before any work, held to the end: the target is checked (never the run
     # itself, nor a directory tfmp did not write) and locked against a second export.
     with claim(target, overwrite, protected=(run_dir,)) as target:
-        with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
-            run_config = json.load(f)
+        config_path = os.path.join(run_dir, "config.json")
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                run_config = json.load(f)
+        except (OSError, ValueError) as e:
+            raise InputError(f"{config_path}: not readable as JSON ({e}). Restore the run's "
+                             "config.json, or train the run again.") from None
+        if not isinstance(run_config, dict) or not isinstance(run_config.get("config"), dict):
+            raise InputError(f"{config_path}: not a tfmp run config (no \"config\" object). "
+                             "Restore the run's config.json, or train the run again.")
         split, source = testsplit.rebuild(run_dir, run_config, label_map.names)
         if not len(split):
             raise UserError(f"The run in '{run_dir}' has an empty test split; train with "
