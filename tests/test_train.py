@@ -10,19 +10,12 @@ from tfmp import cli
 from tfmp.errors import UserError
 from tfmp.config import TrainConfig
 from tfmp.models import load_model
-from tfmp.train import train
-
-
-def _config(data, model, out, policy, **kw):
-    return TrainConfig(data=data, model=model, policy=policy, out=str(out), epochs=4,
-                       batch_size=16, seq_len=16, lr=5e-3, seed=1, **kw)
 
 
 @pytest.fixture(scope="module")
-def runs(sentiment_csv, tiny_bert_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    return {p: train(_config(sentiment_csv, tiny_bert_dir, root / p, p), verbose=0)
-            for p in ("float32", "mixed_float16")}
+def runs(float32_run, mixed_float16_run):
+    # The session's shared runs (conftest.py): same data, seed and settings, two policies.
+    return {"float32": float32_run, "mixed_float16": mixed_float16_run}
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
