@@ -197,6 +197,7 @@ def test_existing_export_is_kept_without_overwrite(exported, run_dir):
         export(run_dir, out_root=os.path.dirname(path), name="tiny")
 
 
+@pytest.mark.slow
 def test_minilm_tflite_variants_pass_the_gate(tmp_path):
     """The real all-MiniLM-L6-v2 with a head fitted on frozen features (no fine-tune)."""
     import keras

@@ -12,15 +12,14 @@ from tfmp.config import TrainConfig
 from tfmp.models import load_model
 
 
-@pytest.fixture(scope="module")
-def runs(float32_run, mixed_float16_run):
-    # The session's shared runs (conftest.py): same data, seed and settings, two policies.
-    return {"float32": float32_run, "mixed_float16": mixed_float16_run}
+# The session's shared runs (conftest.py): same data, seed and settings, two policies.
+# The float32 one is a second ~15 s training run, needed only by the tests marked slow.
 
 
-@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
-def test_run_learns_the_task_and_writes_a_complete_run_dir(runs, policy):
-    result = runs[policy]
+@pytest.mark.parametrize("policy", [pytest.param("float32", marks=pytest.mark.slow),
+                                    "mixed_float16"])
+def test_run_learns_the_task_and_writes_a_complete_run_dir(request, policy):
+    result = request.getfixturevalue(f"{policy}_run")
     m = result.metrics
     # One keyword decides the class: a tiny random BERT (72 steps) must clearly beat the
     # 50% majority class (it reaches about 75%).
@@ -37,7 +36,10 @@ def test_run_learns_the_task_and_writes_a_complete_run_dir(runs, policy):
     assert "negative" in open(os.path.join(result.run_dir, "classification_report.txt")).read()
 
 
-def test_mixed_float16_and_float32_runs_agree_within_a_few_points(runs):
+@pytest.mark.slow
+def test_mixed_float16_and_float32_runs_agree_within_a_few_points(float32_run,
+                                                                  mixed_float16_run):
+    runs = {"float32": float32_run, "mixed_float16": mixed_float16_run}
     # Same seed and data; 36 test examples, so one example is 2.8 points.
     a, b = runs["float32"].metrics["accuracy"], runs["mixed_float16"].metrics["accuracy"]
     assert abs(a - b) <= 0.06, (a, b)
@@ -46,8 +48,8 @@ def test_mixed_float16_and_float32_runs_agree_within_a_few_points(runs):
     assert runs["float32"].metrics["optimizer"]["loss_scale"] is None
 
 
-def test_saved_model_reloads_and_predicts_like_the_trained_one(runs):
-    result = runs["mixed_float16"]
+def test_saved_model_reloads_and_predicts_like_the_trained_one(mixed_float16_run):
+    result = mixed_float16_run
     loaded = load_model(result.run_dir)
     texts = ["the flight was great", "rude crew"]
     for a, b in zip(loaded.get_weights(), result.model.get_weights()):
