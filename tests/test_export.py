@@ -7,27 +7,20 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import write_sentiment_csv
 
 from tfmp import cli
-from tfmp.config import TrainConfig
 from tfmp.errors import UserError
 from tfmp.export import REGISTRY, VARIANTS, Gate, export, export_classifier
-from tfmp.train import train
 
 LABELS = ["negative", "neutral", "positive"]
 TEXTS = ["@united thanks, great crew", "@united worst delay, rude staff", "my seat today"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_bert_dir, tmp_path_factory):
-    # mixed_float16, so every export goes through the float32 rebuild.
-    root = tmp_path_factory.mktemp("export_run")
-    csv = write_sentiment_csv(root / "tweets.csv")
-    result = train(TrainConfig(data=csv, model=tiny_bert_dir, policy="mixed_float16",
-                               out=str(root / "run"), epochs=1, batch_size=16, seq_len=16,
-                               lr=5e-3), verbose=0)
-    return result.run_dir
+def run_dir(mixed_float16_run):
+    # The session's shared run (conftest.py), read only here. mixed_float16, so every
+    # export goes through the float32 rebuild.
+    return mixed_float16_run.run_dir
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +197,7 @@ def test_existing_export_is_kept_without_overwrite(exported, run_dir):
         export(run_dir, out_root=os.path.dirname(path), name="tiny")
 
 
+@pytest.mark.slow
 def test_minilm_tflite_variants_pass_the_gate(tmp_path):
     """The real all-MiniLM-L6-v2 with a head fitted on frozen features (no fine-tune)."""
     import keras

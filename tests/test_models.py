@@ -105,6 +105,7 @@ def test_saved_model_keras_reloads_in_safe_mode_with_same_outputs(classifiers, t
                                   loaded.predict(TEXTS, verbose=0))
 
 
+@pytest.mark.slow
 def test_real_minilm_loads_with_run_sequence_length_and_hf_round_trip_is_exact(tmp_path):
     model = models.load_classifier(num_classes=3, sequence_length=64, policy="float32")
     assert model.preprocessor.sequence_length == 64

@@ -67,6 +67,7 @@ def _stop_tensorboards(root):
                 pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_at_small_size(name, tmp_path, monkeypatch):
     monkeypatch.setenv("TFMP_NOTEBOOK_SIZE", "small")

@@ -97,6 +97,8 @@ def killed_and_resumed(csv, tiny_bert_dir, tmp_path_factory):
             "kill_step": kill_step}
 
 
+# killed_and_resumed trains three times in subprocesses (whole, killed, resumed).
+@pytest.mark.slow
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(killed_and_resumed):
     runs = killed_and_resumed
     whole = json.load(open(runs["whole"] / "metrics.json"))
@@ -123,6 +125,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(killed_and_resumed):
     assert not os.path.exists(runs["resumed"] / "checkpoints")  # finished: model.keras stays
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_config_that_changes_the_result(killed_and_resumed, csv,
                                                         tiny_bert_dir):
     saved = checkpoint.find_latest(str(killed_and_resumed["copy"]) + ".partial/checkpoints")[1]
@@ -137,6 +140,7 @@ def test_resume_refuses_a_config_that_changes_the_result(killed_and_resumed, csv
         config, TrainConfig.from_json(dict(saved["config"], min_loss_scale=2.0))) == []
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_with_a_warning(
         killed_and_resumed, tmp_path):
     root = tmp_path / "checkpoints"
@@ -172,6 +176,7 @@ def test_resume_of_a_directory_without_checkpoints_says_so(tmp_path, capsys):
     assert "not a resumable run directory" in err and "notarun" in err
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(csv, tiny_bert_dir, tmp_path):
     out = tmp_path / "run"
     ckpts = str(out) + ".partial/checkpoints"

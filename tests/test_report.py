@@ -2,20 +2,21 @@ import json
 import os
 
 import pytest
-from conftest import read_scalars, write_sentiment_csv
+from conftest import RUN_SETTINGS, read_scalars
 
 from tfmp import callbacks, report
-from tfmp.config import TrainConfig
-from tfmp.train import train
+
+# The session's shared mixed_float16 run (conftest.py): sentiment_csv's 360 rows less
+# 10% test and 10% validation are 288 training examples, 18 steps of 16 an epoch.
+TRAIN_EXAMPLES = 288
+STEPS_PER_EPOCH = -(-TRAIN_EXAMPLES // RUN_SETTINGS["batch_size"])
+STEPS = RUN_SETTINGS["epochs"] * STEPS_PER_EPOCH
+UPDATE_FREQ = 50  # train() logs the monitor's scalars every 50 steps and at epoch ends
 
 
 @pytest.fixture(scope="module")
-def run(tiny_bert_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("report")
-    csv = write_sentiment_csv(root / "tweets.csv", n=200)
-    return train(TrainConfig(data=csv, model=tiny_bert_dir, policy="mixed_float16",
-                             out=str(root / "run"), epochs=2, batch_size=16, seq_len=16,
-                             lr=5e-3, seed=1), verbose=0)
+def run(mixed_float16_run):
+    return mixed_float16_run
 
 
 def test_run_dir_has_a_report_with_plots(run):
@@ -34,7 +35,9 @@ def test_run_dir_has_a_report_with_plots(run):
     assert r["classification_report"] == run.metrics["test"]["classification_report_dict"]
     p = r["precision"]
     assert p["final_loss_scale"] == run.metrics["optimizer"]["loss_scale"]
-    assert p["steps"] == 2 * 10  # 160 training examples / 16, two epochs
+    with open(os.path.join(run.run_dir, "config.json")) as f:
+        assert json.load(f)["data"]["splits"]["train"] == TRAIN_EXAMPLES
+    assert p["steps"] == STEPS == 4 * 18  # 288 training examples / 16, four epochs
     assert p["skipped_steps"] == len(p["overflow_steps"])
     with open(os.path.join(run.run_dir, "report.md")) as f:
         md = f.read()
@@ -46,8 +49,11 @@ def test_run_dir_has_a_report_with_plots(run):
 def test_run_logs_the_monitor_scalars_beside_keras_curves(run):
     s = read_scalars(os.path.join(run.run_dir, "logs", "train"))
     assert {callbacks.LOSS_SCALE, callbacks.GRAD_NORM, "epoch_loss"} <= set(s)
-    # update_freq=50 and 10 steps per epoch: the two epoch ends.
-    assert [st for st, _ in s[callbacks.GRAD_NORM]] == [10, 20]
+    # update_freq=50 and 18 steps per epoch: the four epoch ends and step 50.
+    epoch_ends = {STEPS_PER_EPOCH * e for e in range(1, RUN_SETTINGS["epochs"] + 1)}
+    expected = sorted(epoch_ends | set(range(UPDATE_FREQ, STEPS + 1, UPDATE_FREQ)))
+    assert expected == [18, 36, 50, 54, 72]
+    assert [st for st, _ in s[callbacks.GRAD_NORM]] == expected
 
 
 def test_report_without_a_loss_scale_says_so():

@@ -10,24 +10,16 @@ from tfmp import cli
 from tfmp.errors import UserError
 from tfmp.config import TrainConfig
 from tfmp.models import load_model
-from tfmp.train import train
 
 
-def _config(data, model, out, policy, **kw):
-    return TrainConfig(data=data, model=model, policy=policy, out=str(out), epochs=4,
-                       batch_size=16, seq_len=16, lr=5e-3, seed=1, **kw)
+# The session's shared runs (conftest.py): same data, seed and settings, two policies.
+# The float32 one is a second ~15 s training run, needed only by the tests marked slow.
 
 
-@pytest.fixture(scope="module")
-def runs(sentiment_csv, tiny_bert_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    return {p: train(_config(sentiment_csv, tiny_bert_dir, root / p, p), verbose=0)
-            for p in ("float32", "mixed_float16")}
-
-
-@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
-def test_run_learns_the_task_and_writes_a_complete_run_dir(runs, policy):
-    result = runs[policy]
+@pytest.mark.parametrize("policy", [pytest.param("float32", marks=pytest.mark.slow),
+                                    "mixed_float16"])
+def test_run_learns_the_task_and_writes_a_complete_run_dir(request, policy):
+    result = request.getfixturevalue(f"{policy}_run")
     m = result.metrics
     # One keyword decides the class: a tiny random BERT (72 steps) must clearly beat the
     # 50% majority class (it reaches about 75%).
@@ -44,7 +36,10 @@ def test_run_learns_the_task_and_writes_a_complete_run_dir(runs, policy):
     assert "negative" in open(os.path.join(result.run_dir, "classification_report.txt")).read()
 
 
-def test_mixed_float16_and_float32_runs_agree_within_a_few_points(runs):
+@pytest.mark.slow
+def test_mixed_float16_and_float32_runs_agree_within_a_few_points(float32_run,
+                                                                  mixed_float16_run):
+    runs = {"float32": float32_run, "mixed_float16": mixed_float16_run}
     # Same seed and data; 36 test examples, so one example is 2.8 points.
     a, b = runs["float32"].metrics["accuracy"], runs["mixed_float16"].metrics["accuracy"]
     assert abs(a - b) <= 0.06, (a, b)
@@ -53,8 +48,8 @@ def test_mixed_float16_and_float32_runs_agree_within_a_few_points(runs):
     assert runs["float32"].metrics["optimizer"]["loss_scale"] is None
 
 
-def test_saved_model_reloads_and_predicts_like_the_trained_one(runs):
-    result = runs["mixed_float16"]
+def test_saved_model_reloads_and_predicts_like_the_trained_one(mixed_float16_run):
+    result = mixed_float16_run
     loaded = load_model(result.run_dir)
     texts = ["the flight was great", "rude crew"]
     for a, b in zip(loaded.get_weights(), result.model.get_weights()):
