@@ -74,6 +74,9 @@ def _slice(x, start, stop):
 
 def measure(export_dir, model_dir, repeats=3, batches=4, singles=20, log=print):
     """Alternating rounds over all engines; returns the inference results dict."""
+    from tfmp.export import check_export
+
+    check_export(export_dir)  # a finished export only: a cut-short one may hold empty files
     engines = available(export_dir)
     x = tokens(model_dir, 32 * batches)
     fns = {}

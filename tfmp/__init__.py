@@ -1,6 +1,6 @@
 """tfmp: mixed-precision fine-tuning of BERT text classifiers with TensorFlow and Keras 3."""
 
-__version__ = "0.1.0"
+from tfmp.version import VERSION as __version__
 
 from tfmp.data import LabelMap, load_examples, make_dataset, split_examples
 from tfmp.errors import InputError, PolicyError, TrainingStopped, UserError

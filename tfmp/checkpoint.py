@@ -31,6 +31,7 @@ import keras
 import numpy as np
 
 from tfmp import files
+from tfmp.version import VERSION
 from tfmp.errors import InputError, TrainingStopped
 from tfmp.optimizer import global_step
 
@@ -53,16 +54,19 @@ def library_versions():
     import keras_hub
     import tensorflow as tf
 
-    import tfmp
-
-    return {"tfmp": tfmp.__version__, "tensorflow": tf.__version__,
+    return {"tfmp": VERSION, "tensorflow": tf.__version__,
             "keras": keras.__version__, "keras_hub": keras_hub.__version__}
 
 
 def _role(variable_path):
-    """A variable path without the auto-numbering a process adds (`adam_w_3/dense_2_bias`):
-    what the variable is (which parameter kind, which slot), comparable across runs."""
-    return re.sub(r"_\d+(?=_|/|$)", "", variable_path.split("/", 1)[-1])
+    """What a variable is (which parameter kind, which slot), comparable across processes.
+
+    Only the last path component counts, without the numbers a process appends to
+    auto-named objects (`dense_2_bias_momentum`): the scopes above it depend on when
+    the variable was created (`loss_scale_optimizer/adam_w/...` during `fit`,
+    `adam_w/...` when built before a restore), not on what it holds.
+    """
+    return re.sub(r"_\d+(?=_|$)", "", variable_path.rsplit("/", 1)[-1])
 
 
 def check_finite(model, step):

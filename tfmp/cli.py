@@ -18,6 +18,7 @@ after saving a checkpoint.
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 
 # Before TensorFlow is first imported (by the modules below): no C++ start-up noise.
@@ -224,7 +225,7 @@ def main(argv=None):
     except KeyboardInterrupt as e:
         # train() has saved a checkpoint and said how to resume. A signal exits as a
         # shell reports one (SIGTERM: 143), so a scheduler sees the job was pre-empted.
-        if isinstance(e, Interrupted):
+        if isinstance(e, Interrupted) and e.signum != signal.SIGINT:
             print(f"tfmp {args.command}: stopped by signal {e.signum}", file=sys.stderr)
             return 128 + e.signum
         print(f"tfmp {args.command}: interrupted", file=sys.stderr)

@@ -23,6 +23,7 @@ Only the chief writes the run directory; `RunResult.run_dir` is None elsewhere.
 import dataclasses
 import math
 import os
+import signal
 import sys
 import time
 
@@ -279,6 +280,8 @@ def _fit_callbacks(run, staging, history, steps_per_epoch, total_steps, lengths,
     saver = checkpoint.CheckpointSaver(os.path.join(staging, rundir.CHECKPOINTS),
                                        config.checkpoint_every, checkpoint_state)
     return monitor, saver, [
+        # First: a signal raised after a step, before that step's other callbacks.
+        signals.StopAtBatchEnd(),
         monitor,  # before the guard: the step that stops training is logged
         callbacks.LossScaleGuard(skip_window=config.skip_window,
                                  max_skip_share=config.max_skip_share),
@@ -320,7 +323,8 @@ def _fit(run, model, staging, history, steps_per_epoch, lengths):
         for callback in fit_callbacks:  # TensorBoard's buffered events reach the disk
             if isinstance(callback, (keras.callbacks.TensorBoard, callbacks.TrainingMonitor)):
                 callback.on_train_end()
-        what = f"Stopped by signal {e.signum}" if isinstance(e, Interrupted) else "Interrupted"
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        what = "Interrupted" if signum == signal.SIGINT else f"Stopped by signal {signum}"
         try:
             where = f"checkpoint saved to {saver.save()}"
         except TrainingStopped as stopped:  # non-finite weights are not saved
