@@ -1,6 +1,6 @@
 """Does length-aware batching change accuracy? The same short fine-tuning run (seed, steps,
 learning-rate schedule) with fixed-64 batches, tfmp's trimmed batches and bucketed
-batches, each evaluated on the airline test split (1,464 tweets) with `tfmp.train.evaluate`.
+batches, each evaluated on the airline test split (1,464 tweets) with `tfmp.evaluate`.
 
 One seed per pipeline, so differences under about one point are within run-to-run noise.
 Run alone: `python benchmarks/accuracy.py --examples 3000` (or `tfmp bench --parts accuracy`).
@@ -19,7 +19,7 @@ def measure(model_dir, policy="mixed_bfloat16", examples=3000, batch_size=32,
     import training
 
     from tfmp import data
-    from tfmp.train import evaluate
+    from tfmp.scoring import evaluate
 
     raw = data.load_examples("airline")
     labels = data.LabelMap.from_labels(raw.labels)

@@ -63,3 +63,19 @@ def test_report_without_a_loss_scale_says_so():
     r = report.build_report(config, metrics, {"loss": [1.0, 0.5]}, {})
     assert r["precision"]["steps"] == 4 and r["precision"]["skip_rate"] == 0
     assert "No loss scale under this policy" in report.to_markdown(r)
+
+
+def test_report_says_where_the_time_went(mixed_float16_run):
+    timings = mixed_float16_run.metrics["timings"]
+    assert {"build the model", "first step (trace and compile)", "training steps",
+            "validation", "checkpoints", "test evaluation"} <= set(timings)
+    assert all(v >= 0 for k, v in timings.items() if not k.startswith("other")), timings
+    # The fit's phases add up to its wall time: "other" is what no phase measured.
+    fit = sum(v for k, v in timings.items()
+              if k not in ("build the model", "token lengths (for length grouping)",
+                           "test evaluation"))
+    assert abs(fit - mixed_float16_run.metrics["train_seconds"]) < 1e-6
+    assert timings["first step (trace and compile)"] > 0 and timings["training steps"] > 0
+    with open(os.path.join(mixed_float16_run.run_dir, "report.md"), encoding="utf-8") as f:
+        md = f.read()
+    assert "| where the time went | seconds | share |" in md and "| validation |" in md

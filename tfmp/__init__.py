@@ -8,7 +8,8 @@ from tfmp.models import BertClassifier, load_classifier, load_model, rebuild_flo
 from tfmp.optimizer import LossScaleOptimizer, WarmupLinearDecay, build_optimizer
 from tfmp.precision import Policy, policy_scope, resolve, set_global_policy
 from tfmp.config import TrainConfig
-from tfmp.train import compile_classifier, evaluate, train
+from tfmp.scoring import evaluate
+from tfmp.train import compile_classifier, train
 
 __all__ = [
     "BertClassifier",

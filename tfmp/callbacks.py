@@ -94,6 +94,48 @@ class LossScaleGuard(keras.callbacks.Callback):
             )
 
 
+class PhaseTimer(keras.callbacks.Callback):
+    """Where a `fit`'s time goes: the first step, steady steps, slow steps, validation.
+
+    The first step traces and compiles the training function. Later steps that take
+    over 3x the median are counted apart: with batches trimmed to their longest text,
+    a new batch width retraces the step (and recompiles the fused GELU). Times are
+    wall-clock between Keras' batch hooks, which wait for the step (tfmp's callbacks
+    read its logs). Accumulates over several `fit` calls (tfmp fits once per epoch).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.first_step = None
+        self.steps = []  # seconds of every later step
+        self.validation = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        seconds = time.perf_counter() - self._start
+        if self.first_step is None:
+            self.first_step = seconds
+        else:
+            self.steps.append(seconds)
+
+    def on_test_begin(self, logs=None):
+        self._validation_start = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self.validation += time.perf_counter() - self._validation_start
+
+    def phases(self):
+        """{phase: seconds}: first step, steady steps, slow steps (retraces), validation."""
+        median = sorted(self.steps)[len(self.steps) // 2] if self.steps else 0.0
+        slow = [s for s in self.steps if s > 3 * median]
+        return {"first step (trace and compile)": self.first_step or 0.0,
+                "training steps": sum(self.steps) - sum(slow),
+                f"slow steps ({len(slow)}, over 3x the median: new batch widths)": sum(slow),
+                "validation": self.validation}
+
+
 # Tags `TrainingMonitor` writes (besides Keras' own epoch_loss/epoch_accuracy).
 LOSS_SCALE = "precision/loss_scale"
 SKIPPED_STEPS = "precision/skipped_steps"

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import time
 import warnings
 
 import keras
@@ -298,11 +299,14 @@ class CheckpointSaver(keras.callbacks.Callback):
         self.every = max(int(every), 0)
         self.state_fn = state_fn
         self.last_saved_step = None
+        self.seconds = 0.0
 
     def save(self, epoch_logs=None):
+        start = time.perf_counter()
         step = global_step(self.model.optimizer)
         path = save(self.root, self.model, self.state_fn(epoch_logs))
         self.last_saved_step = step
+        self.seconds += time.perf_counter() - start  # what checkpoints cost the run
         return path
 
     def on_train_batch_end(self, batch, logs=None):

@@ -137,12 +137,25 @@ def build_report(run_config, metrics, history, scalars, diagnosis=None):
             "train_seconds": metrics.get("train_seconds"),
             "examples_per_second": metrics.get("train_examples_per_second"),
             "last_logged_examples_per_second": _last(scalars, callbacks.EXAMPLES_PER_SECOND),
+            # Where the run's time went, phase by phase (tfmp.callbacks.PhaseTimer).
+            "timings": metrics.get("timings") or {},
         },
         "classification_report": test.get("classification_report_dict"),
         "versions": {k: versions.get(k) for k in ("python", "tensorflow", "keras", "keras_hub")},
         "hardware": _hardware(versions),
         "plots": dict(PLOTS),
     }
+
+
+def _timings_table(timings):
+    """Markdown lines: where the time went, largest phase first (nothing if unknown)."""
+    if not timings:
+        return []
+    total = sum(timings.values()) or 1.0
+    lines = ["| where the time went | seconds | share |", "| --- | ---: | ---: |"]
+    for phase, seconds in sorted(timings.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {phase} | {seconds:.1f} | {seconds / total:.0%} |")
+    return lines + [""]
 
 
 def _fmt(value, spec=".4f"):
@@ -190,6 +203,7 @@ def to_markdown(report):
         "examples/s overall (validation included); last logged "
         f"{_fmt(s['last_logged_examples_per_second'], '.1f')} examples/s."),
         "",
+        *_timings_table(s.get("timings") or {}),
         f"![loss and accuracy]({PLOTS['curves']})",
         f"![throughput]({PLOTS['throughput']})",
         "",

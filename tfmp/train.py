@@ -32,6 +32,7 @@ import numpy as np
 
 from tfmp import callbacks, checkpoint, data, distribute, files, models, optimizer
 from tfmp import precision, report, rundir, signals
+from tfmp.scoring import evaluate
 from tfmp.config import TrainConfig, config_differences, config_hash
 from tfmp.errors import Interrupted, TrainingStopped, UserError
 
@@ -58,36 +59,6 @@ def compile_classifier(model, policy, total_steps, config):
         auto_scale_loss=False,
     )
     return model
-
-
-def _texts_only(texts, label_ids):
-    return texts
-
-
-def evaluate(model, split, label_map, batch_size=64, shard=None):
-    """Accuracy, macro-F1 and scikit-learn's classification report on `split`."""
-    from sklearn.metrics import classification_report, f1_score
-
-    ds = data.make_dataset(split, None, batch_size)
-    if shard is not None:
-        ds = shard(ds)
-    logits = model.predict(ds.map(_texts_only), verbose=0)
-    predicted = np.argmax(logits, axis=-1)
-    truth = np.asarray(split.label_ids)
-    labels = list(range(label_map.num_classes))
-    counts = np.bincount(truth, minlength=label_map.num_classes)
-    report_args = dict(labels=labels, target_names=list(label_map.names), zero_division=0)
-    return {
-        "examples": int(len(truth)),
-        "accuracy": float(np.mean(predicted == truth)),
-        "macro_f1": float(f1_score(truth, predicted, labels=labels, average="macro",
-                                   zero_division=0)),
-        "majority_class_share": float(counts.max() / counts.sum()),
-        "classification_report": classification_report(truth, predicted, digits=4,
-                                                       **report_args),
-        "classification_report_dict": classification_report(truth, predicted,
-                                                            output_dict=True, **report_args),
-    }
 
 
 @dataclasses.dataclass
@@ -204,10 +175,14 @@ def _policy(config, point, dist):
 
 def _train_in_scope(run):
     config, splits = run.config, run.splits
+    clock = time.perf_counter()
     model = models.load_classifier(
         config.model, num_classes=run.label_map.num_classes, sequence_length=config.seq_len,
         policy=run.policy, dropout=config.dropout)
+    timings = {"build the model": time.perf_counter() - clock}
+    clock = time.perf_counter()
     lengths = data.token_lengths(splits.train.texts, model.preprocessor)
+    timings["token lengths (for length grouping)"] = time.perf_counter() - clock
     truncated = int(np.sum(lengths > config.seq_len))
     counts = np.bincount(splits.train.label_ids, minlength=run.label_map.num_classes)
     run.log(
@@ -236,7 +211,10 @@ def _train_in_scope(run):
                       lengths if config.length_grouping else None)
         # A finished run is never committed with NaN weights (its checksum would pass).
         checkpoint.check_finite(model, optimizer.global_step(model.optimizer))
+        clock = time.perf_counter()
         metrics = _test_metrics(run, model, fitted)
+        metrics["timings"] = dict(timings, **fitted["timings"],
+                                  **{"test evaluation": time.perf_counter() - clock})
         run_config = _run_config(run, model, total_steps, steps_per_epoch, truncated)
         text_report = metrics["test"].pop("classification_report")
         rundir.write_run_files(staging, run_config, metrics, history, run.label_map,
@@ -307,6 +285,8 @@ def _fit(run, model, staging, history, steps_per_epoch, lengths):
                 f"{position.batch} of {steps_per_epoch} batches done).")
     monitor, saver, fit_callbacks = _fit_callbacks(
         run, staging, history, steps_per_epoch, steps_per_epoch * config.epochs, lengths, model)
+    phases = callbacks.PhaseTimer()
+    fit_callbacks.insert(1, phases)  # after StopAtBatchEnd, before the others' work
     start = time.perf_counter()
     try:
         # One fit per epoch, each on that epoch's fixed batch order; a resumed
@@ -344,7 +324,10 @@ def _fit(run, model, staging, history, steps_per_epoch, lengths):
         if dist.num_workers > 1 and isinstance(e, tf.errors.OpError):
             raise distribute.worker_lost(dist, e) from e
         raise
-    return {"monitor": monitor, "seconds": time.perf_counter() - start, "shard": shard,
+    seconds = time.perf_counter() - start
+    timings = dict(phases.phases(), checkpoints=saver.seconds)
+    timings["other (callbacks, input pipeline, between epochs)"] = seconds - sum(timings.values())
+    return {"monitor": monitor, "seconds": seconds, "shard": shard, "timings": timings,
             "steps": optimizer.global_step(model.optimizer) - start_step,
             "start_step": start_step}
 
