@@ -16,8 +16,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common
 
-ENGINES = ("keras_predict", "savedmodel_fp32", "tflite_fp32", "tflite_fp16", "tflite_int8")
-_FILES = {"savedmodel_fp32": "serving/1", "tflite_fp32": "tflite/model_fp32.tflite",
+ENGINES = ("keras_predict", "savedmodel_fp32", "savedmodel_bf16", "tflite_fp32", "tflite_fp16",
+           "tflite_int8")
+_FILES = {"savedmodel_fp32": "serving/1", "savedmodel_bf16": "serving_bf16/1",
+          "tflite_fp32": "tflite/model_fp32.tflite",
           "tflite_fp16": "tflite/model_fp16.tflite", "tflite_int8": "tflite/model_int8.tflite"}
 
 
@@ -40,7 +42,7 @@ def load_engine(name, export_dir, model_dir, threads=2):
         # The token-level model (the classifier without its string preprocessor).
         net = keras.Model(classifier.inputs, classifier.outputs)
         return lambda x: net.predict(x, batch_size=32, verbose=0)
-    if name == "savedmodel_fp32":
+    if name.startswith("savedmodel"):
         import tensorflow as tf
 
         from tfmp.export.savedmodel import TOKENS_SIGNATURE

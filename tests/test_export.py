@@ -44,7 +44,8 @@ def test_export_writes_every_variant_and_a_passing_report(exported):
     report, path = exported
     for relative in ("serving/1/saved_model.pb", "serving/1/assets/vocab.txt",
                      "serving/1/assets.extra/tf_serving_warmup_requests",
-                     "serving_fp16/1/saved_model.pb", "tflite/model_fp32.tflite",
+                     "serving_fp16/1/saved_model.pb", "serving_bf16/1/saved_model.pb",
+                     "tflite/model_fp32.tflite",
                      "tflite/model_fp16.tflite", "tflite/model_int8.tflite",
                      "tflite/vocab.txt", "tflite/labels.txt", "hf/model.safetensors",
                      "hf/tokenizer.json", "export_report.json"):
@@ -61,6 +62,24 @@ def test_export_writes_every_variant_and_a_passing_report(exported):
     assert fp32["argmax_agreement"] == 1.0 and fp32["max_probability_difference"] <= 1e-5
     with open(os.path.join(path, "tflite/labels.txt")) as f:
         assert f.read().split() == LABELS
+
+
+def _graph_dtypes(savedmodel_dir):
+    """The dtypes (attr T) of every op in the serving signature's functions."""
+    import tensorflow as tf
+
+    graph = tf.saved_model.load(savedmodel_dir).signatures["serving_default"].graph
+    library = graph.as_graph_def().library
+    return {tf.dtypes.as_dtype(node.attr["T"].type).name for f in library.function
+            for node in f.node_def if "T" in node.attr and node.attr["T"].type}
+
+
+def test_bf16_savedmodel_computes_in_bfloat16_and_fp32_does_not(exported):
+    report, path = exported
+    assert "bfloat16" in _graph_dtypes(os.path.join(path, "serving_bf16/1"))
+    assert "bfloat16" not in _graph_dtypes(os.path.join(path, "serving/1"))
+    row = report["variants"]["savedmodel_bf16"]
+    assert row["passed"] and row["argmax_agreement"] >= 0.995
 
 
 def test_hf_checkpoint_has_label_names_and_classification_head(exported):

@@ -363,7 +363,7 @@ def _keras_probabilities(run_dir, texts):
     return probabilities(tf.constant(texts, tf.string)).numpy()
 
 
-@pytest.mark.parametrize("variant", ["serving/1", "serving_fp16/1"])
+@pytest.mark.parametrize("variant", ["serving/1", "serving_fp16/1", "serving_bf16/1"])
 def test_serving_signature_answers_empty_huge_invalid_utf8_and_empty_batches(
         exported, run_dir, variant):
     serve = tf.saved_model.load(os.path.join(exported["path"], variant)).signatures[

@@ -46,6 +46,9 @@ FLOAT32_ISLANDS = {
     "served softmax": "export.savedmodel and export.tflite: probabilities are a float32 "
                       "softmax of the logits whatever the compute dtype",
     "diagnosis loss": "diagnose: the probed loss is computed on float32 logits",
+    "float16 products on CPUs": "float16_cpu: without float16 arithmetic, matmuls and "
+                                "einsums read and write float16 but multiply and "
+                                "accumulate in float32, as tensor cores do",
 }
 
 # What to do when float16 keeps overflowing: the guards, the loss-scale floor and the
@@ -61,10 +64,11 @@ FLOAT16_TINY = 2.0**-24  # smallest float16 subnormal; anything smaller becomes 
 # FLOAT16_MAX: one batch is a sample, and the next may be larger.
 DEFAULT_MARGIN = 4.0
 
-# Exported variants by stored precision: the Keras policy their graph computes in.
-# CPUs serve float32 (and the TFLite converter fails on a mixed_float16 graph); the
-# fp16 SavedModel is for GPU serving.
-_SERVING_POLICIES = {"fp32": "float32", "fp16": "mixed_float16"}
+# Exported variants by compute precision: the Keras policy their graph computes in.
+# CPUs without bfloat16 serve float32 (and the TFLite converter fails on a mixed
+# graph); the fp16 SavedModel is for GPUs, the bf16 one for CPUs with AVX512-BF16 or
+# AMX, TPUs and GPUs from compute capability 8.0. Variables stay float32 in all.
+_SERVING_POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 
 # A CPU with AVX512-BF16 but no AMX gets mixed_bfloat16 from `auto` only when a
 # bfloat16 matmul measured here beats float32 by this factor: the dot-product
@@ -201,6 +205,31 @@ def choose(hardware):
         "(no AVX512-BF16 or AMX): mixed policies would train no faster and only add "
         "casts. They pay on GPUs (compute capability >= 7) and TPUs."
     )
+
+
+# CPU flags of float16 arithmetic TensorFlow's CPU kernels could use natively.
+_CPU_FLOAT16_FLAGS = ("avx512_fp16", "amx_fp16")
+
+
+def emulate_float16(policy, hardware=None):
+    """Whether float16 matmuls should run on float32 kernels, as tensor cores compute.
+
+    True for mixed_float16 with no GPU or TPU on a CPU without float16 arithmetic
+    (no AVX512-FP16 or AMX-FP16): there TensorFlow emulates float16 products in
+    software, several times slower than its float32 kernels, while float16 operands
+    cast up exactly. `tfmp.float16_cpu` does it; float32 and bfloat16 never.
+
+    Args:
+        policy: `Policy` or policy name.
+        hardware: `Hardware` or None (detected, without the bfloat16 probe).
+    """
+    name = policy.name if isinstance(policy, Policy) else str(policy)
+    if name != "mixed_float16":
+        return False
+    hardware = hardware or detect_hardware(probe=False)
+    if hardware.gpus or hardware.tpu:
+        return False
+    return not any(flag in hardware.cpu_flags for flag in _CPU_FLOAT16_FLAGS)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ writes `saved_models/<name>/`:
 
     serving/1/            float32 SavedModel, raw strings in (TF Serving layout)
     serving_fp16/1/       the same with float16 compute, for GPU serving
+    serving_bf16/1/       the same with bfloat16 compute, for bfloat16 CPUs, TPUs, GPUs
     tflite/               model_fp32/fp16/int8.tflite, vocab.txt, labels.txt
     hf/                   BertForSequenceClassification checkpoint (safetensors)
     export_report.json    size, parity, accuracy and speed of every variant

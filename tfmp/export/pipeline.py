@@ -43,6 +43,7 @@ def _registry(*variants):
 REGISTRY = _registry(
     savedmodel.FP32,
     savedmodel.FP16,
+    savedmodel.BF16,
     tflite.FP32,
     tflite.FP16,
     tflite.INT8,

@@ -15,7 +15,9 @@ and `assets.extra/tf_serving_warmup_requests` holds PredictionLog records that T
 Serving replays on load so the first real request does not pay for graph warm-up.
 
 Two export variants: `savedmodel_fp32` (`serving/1`, float32 compute, the CPU form)
-and `savedmodel_fp16` (`serving_fp16/1`, mixed_float16 compute, for GPU serving).
+`savedmodel_fp16` (`serving_fp16/1`, mixed_float16 compute, for GPU serving) and
+`savedmodel_bf16` (`serving_bf16/1`, mixed_bfloat16 compute, for CPUs with bfloat16
+dot products, TPUs and recent GPUs).
 """
 
 import os
@@ -156,4 +158,8 @@ FP32 = Variant(name="savedmodel_fp32", path="serving/1", write=_writer("fp32"), 
                gate=Gate(min_agreement=1.0, max_probability_difference=1e-5),
                inputs="texts")
 FP16 = Variant(name="savedmodel_fp16", path="serving_fp16/1", write=_writer("fp16"),
+               read=read, gate=Gate(min_agreement=0.995), inputs="texts")
+# bfloat16 keeps 8 significant bits (float16: 11), so its probabilities drift more;
+# the argmax must still agree as often as float16's.
+BF16 = Variant(name="savedmodel_bf16", path="serving_bf16/1", write=_writer("bf16"),
                read=read, gate=Gate(min_agreement=0.995), inputs="texts")
