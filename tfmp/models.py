@@ -23,7 +23,7 @@ from typing import Callable
 import keras
 import keras_hub
 
-from tfmp import data, files, layers, precision
+from tfmp import data, files, float16_cpu, layers, precision
 from tfmp.errors import InputError
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.txt")
@@ -133,6 +133,11 @@ TRANSFORMS = (
     Transform("fast dropout", layers.use_fast_dropout),
     # The fused GELU is an XLA kernel, which export graphs should not hold.
     Transform("fused GELU", layers.use_fused_gelu, training_only=True),
+    # mixed_float16 on a CPU without float16 arithmetic: matmuls as tensor cores do them
+    # (float16 in and out, float32 accumulation) on the float32 kernels. Training only:
+    # the fp16 export is for GPUs, whose graph should hold their own float16 products.
+    Transform("float16 products on float32 kernels", float16_cpu.emulate_float16_products,
+              training_only=True),
 )
 
 

@@ -46,9 +46,6 @@ FLOAT32_ISLANDS = {
     "served softmax": "export.savedmodel and export.tflite: probabilities are a float32 "
                       "softmax of the logits whatever the compute dtype",
     "diagnosis loss": "diagnose: the probed loss is computed on float32 logits",
-    "float16 products on CPUs": "float16_cpu: without float16 arithmetic, matmuls and "
-                                "einsums read and write float16 but multiply and "
-                                "accumulate in float32, as tensor cores do",
 }
 
 # What to do when float16 keeps overflowing: the guards, the loss-scale floor and the
