@@ -374,3 +374,12 @@ def test_length_grouped_order_is_a_permutation_of_similar_length_batches():
     np.testing.assert_array_equal(order, again)
     other = data.length_grouped_order(lengths, 32, np.random.default_rng(8), pool_batches=4)
     assert not np.array_equal(order, other)
+
+
+def test_by_length_sorts_a_split_shortest_first_keeping_labels_and_indices(preprocessor):
+    texts = ["crew " * 9, "the", "great flight", "bag " * 4]
+    split = Split(texts, np.array([0, 1, 2, 1]), np.array([10, 11, 12, 13]))
+    ordered = data.by_length(split, preprocessor)
+    assert ordered.texts == ["the", "great flight", "bag " * 4, "crew " * 9]
+    assert ordered.label_ids.tolist() == [1, 2, 1, 0] and ordered.indices.tolist() == [11, 12, 13, 10]
+    assert data.by_length(split, None) is split

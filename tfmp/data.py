@@ -304,6 +304,21 @@ def token_lengths(texts: Sequence[str], preprocessor) -> np.ndarray:
     return np.concatenate(list(ds.as_numpy_iterator())).astype(np.int64)
 
 
+def by_length(split, preprocessor):
+    """`split` reordered shortest text first, for validation during training: each batch is
+    trimmed to its longest text, so neighbours of similar length pad less, and the
+    scores do not depend on the order. Measured on the demo job (3,000 airline tweets,
+    mixed_bfloat16, 2 epochs): validation 15.0 s -> 8.6 s. A one-off `evaluate` gains
+    nothing: each new batch width traces the predict function anew, and sorted
+    batches bring more widths (11.3 s sorted vs 5.8 s random on a first call, 4.9 vs
+    5.7-7.6 s after)."""
+    if preprocessor is None or len(split) < 2:
+        return split
+    order = np.argsort(token_lengths(split.texts, preprocessor), kind="stable")
+    indices = None if split.indices is None else np.asarray(split.indices)[order]
+    return Split([split.texts[i] for i in order], split.label_ids[order], indices)
+
+
 def length_grouped_order(lengths, batch_size: int, rng: np.random.Generator,
                          pool_batches: int = 8) -> np.ndarray:
     """A shuffled order of examples in which each batch holds texts of similar length.

@@ -275,7 +275,8 @@ def _fit(run, model, staging, history, steps_per_epoch, lengths):
     """Trains the remaining epochs; returns {"monitor", "seconds", "steps", "start_step"}."""
     config, dist = run.config, run.dist
     shard = distribute.shard_by_data if dist.num_workers > 1 else (lambda ds: ds)
-    val_ds = (shard(data.make_dataset(run.splits.validation, None, 64))
+    val_ds = (shard(data.make_dataset(data.by_length(run.splits.validation, model.preprocessor),
+                                      None, 64))
               if len(run.splits.validation) else None)
     start_step = optimizer.global_step(model.optimizer)
     position = checkpoint.Position.from_step(start_step, steps_per_epoch)
