@@ -102,6 +102,14 @@ def test_products_use_the_float16_weight_and_overflow_to_inf(emulate):
     assert out.dtype == "float16" and np.isposinf(float(out[0, 0]))
 
 
+def test_a_layer_pinned_to_float32_after_the_swap_computes_in_float32():
+    layer = _dense(emulate=True)
+    layer.kernel.assign([[1 + 2**-12], [1.0]])
+    layer.dtype_policy = keras.DTypePolicy("float32")  # what precision.pin_float32 does
+    out = layer(np.array([[1.0, -1.0]], "float32"))
+    assert out.dtype == "float32" and float(out[0, 0]) == 2**-12  # the float32 weight
+
+
 @pytest.mark.parametrize("emulate", [True, False])
 def test_overflowing_step_is_skipped_by_the_loss_scale_optimizer(tiny_bert_dir, emulate):
     from keras_hub.layers import TransformerEncoder
