@@ -103,3 +103,13 @@ def test_cli_prints_the_table_and_writes_json(csv, tiny_bert_dir, tmp_path, caps
     assert json.loads(out.read_text())["loss_scale"] == 2.0**15
     assert cli.main(["diagnose", "--data", csv, "--model", tiny_bert_dir, "--seq-len", "16",
                      "--float32-layers", "nope"]) == 2
+
+
+def test_cli_json_into_a_missing_directory_is_refused_up_front(csv, tiny_bert_dir, tmp_path,
+                                                                 capsys):
+    out = tmp_path / "missing" / "d.json"
+    assert cli.main(["diagnose", "--data", csv, "--model", tiny_bert_dir, "--seq-len", "16",
+                     "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--json" in err and "does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "missing").exists()

@@ -360,3 +360,20 @@ def test_restore_refuses_swapped_optimizer_slots_and_warns_on_new_versions(
         with pytest.raises(InputError, match="momentum|velocity"):
             train(resume=str(tmp_path / "run"), verbose=0)
     assert any("keras 0.0.1" in str(w.message) for w in caught)
+
+
+def test_an_output_under_a_file_is_a_user_error_naming_the_path(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(UserError, match="a_file"):
+        files.DirLock(tmp_path / "a_file" / "run").acquire()
+    assert (tmp_path / "a_file").read_text() == "x"
+
+
+def test_left_by_dead_process_judges_only_this_hosts_dead_pids():
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    this_host = files.unique_suffix().rsplit("-", 2)[0]
+    assert files.left_by_dead_process(f"{this_host}-{dead.pid}-abcd1234")
+    assert not files.left_by_dead_process(f"{this_host}-{os.getpid()}-abcd1234")
+    assert not files.left_by_dead_process(f"other_host-{dead.pid}-abcd1234")
+    assert not files.left_by_dead_process("not-a-suffix")

@@ -33,6 +33,8 @@ from tfmp.train import train  # noqa: E402
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # Choices that come from the modules that decide them.
 CHOICES = {"policy": precision.CHOICES, "strategy": distribute.CHOICES}
+# `tfmp diagnose` looks for float16 overflow, so it probes mixed_float16 unless told.
+DIAGNOSE_DEFAULTS = {"policy": "mixed_float16"}
 # The `TrainConfig` fields `tfmp diagnose` reads (data, model, precision, batch).
 DIAGNOSE_FIELDS = ("data", "text_column", "label_column", "labels", "encoding",
                    "on_decode_error", "model", "policy", "float32_layers", "batch_size",
@@ -131,7 +133,7 @@ def _add_diagnose(sub):
         description="Run one training batch with per-layer probes and report each "
         "layer's largest activation and gradient against float16's 65504, its "
         "underflow share, the first non-finite layer, and float32 pins to use.")
-    add_config_flags(p, DIAGNOSE_FIELDS, defaults={"policy": "mixed_float16"})
+    add_config_flags(p, DIAGNOSE_FIELDS, defaults=DIAGNOSE_DEFAULTS)
     p.add_argument("--loss-scale", type=float, default=TrainConfig.initial_loss_scale,
                    help="scale the loss as training would (default: %(default)g)")
     p.add_argument("--margin", type=float, default=precision.DEFAULT_MARGIN,
@@ -141,8 +143,11 @@ def _add_diagnose(sub):
 
 
 def _run_diagnose(args):
-    config = TrainConfig(**values_given(args, defaults={"policy": "mixed_float16"}))
+    config = TrainConfig(**values_given(args, defaults=DIAGNOSE_DEFAULTS))
     config.validate()
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise UserError(f"--json {args.json}: its directory does not exist; create it or "
+                        "give another path (checked before the model is loaded).")
     policy = precision.resolve(config.policy, float32_layers=config.float32_layers)
     _, label_map, splits = data.prepare_data(config)
     # load_classifier applies the pins first: the table shows whether they help.

@@ -103,10 +103,28 @@ def write_json(path, obj):
     write_atomic(path, dumps(obj))
 
 
+def _host_tag():
+    """This host's name as it may stand in a file name."""
+    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())
+    return host or "host"
+
+
 def unique_suffix():
     """host-pid-random: a temporary name no other process, here or on another host, uses."""
-    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())
-    return f"{host or 'host'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return f"{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def left_by_dead_process(suffix):
+    """Whether a `unique_suffix()` text names a process of this host that is gone.
+
+    A name from another host is never judged dead (its processes cannot be checked
+    from here), nor one whose pid is alive, nor text `unique_suffix` did not write.
+    `DirLock` judges a stale lock by the same test.
+    """
+    parts = suffix.rsplit("-", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or parts[0] != _host_tag():
+        return False
+    return not _pid_alive(int(parts[1]))
 
 
 def size(path):
@@ -165,7 +183,12 @@ class DirLock:
             return None
 
     def acquire(self):
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        except OSError as e:  # a file where a directory should be, a read-only place
+            raise UserError(f"Cannot create {os.path.dirname(self.path)} for the lock file "
+                            f"({e.strerror}). Choose an output directory this user can "
+                            "write.") from None
         record = {"host": _this_host(), "pid": os.getpid(),
                   "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": self.command}
         for _ in range(3):
@@ -175,6 +198,9 @@ class DirLock:
                 if not self._take_over_stale():
                     self._refuse()
                 continue
+            except OSError as e:  # a read-only or missing place: say where, not a traceback
+                raise UserError(f"Cannot create the lock file {self.path} ({e.strerror}). "
+                                "Choose an output directory this user can write.") from None
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(dumps(record))
                 f.flush()
@@ -225,6 +251,16 @@ class DirLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def read_marker(path):
+    """The record in `path`'s `COMPLETE` marker; {} when it has none or an unreadable one."""
+    try:
+        with open(os.path.join(path, MARKER), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def is_complete(path):

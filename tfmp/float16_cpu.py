@@ -52,18 +52,20 @@ def _emulating(layer, x):
     return layer.compute_dtype == _FLOAT16 and x.dtype == _FLOAT16
 
 
+def _bias_and_activation(layer, x):
+    # What Dense.call and EinsumDense.call do after their product, in the compute dtype.
+    if layer.bias is not None:
+        x = keras.ops.add(x, layer.bias)
+    return x if layer.activation is None else layer.activation(x)
+
+
 class _DenseMixin:
     """Dense.call with the matmul on float32 kernels."""
 
     def call(self, inputs, training=None):
         if not _emulating(self, inputs):
             return super().call(inputs, training=training)
-        x = matmul16(inputs, self.kernel)
-        if self.bias is not None:
-            x = keras.ops.add(x, self.bias)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+        return _bias_and_activation(self, matmul16(inputs, self.kernel))
 
 
 class _EinsumDenseMixin:
@@ -72,12 +74,7 @@ class _EinsumDenseMixin:
     def call(self, inputs, training=None):
         if not _emulating(self, inputs):
             return super().call(inputs, training=training)
-        x = einsum16(self.equation, inputs, self.kernel)
-        if self.bias is not None:
-            x = keras.ops.add(x, self.bias)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
+        return _bias_and_activation(self, einsum16(self.equation, inputs, self.kernel))
 
 
 class _AttentionMixin:

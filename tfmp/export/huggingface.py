@@ -169,7 +169,7 @@ def read(path):
     import tensorflow as tf
     from safetensors.numpy import load_file
 
-    with precision.policy_scope("float32"):
+    with precision.policy_scope(precision.serving_policy("fp32")):
         backbone = keras_hub.models.BertBackbone.from_preset(path)
     head = load_file(os.path.join(path, "model.safetensors"))
     weight, bias = head["classifier.weight"], head["classifier.bias"]

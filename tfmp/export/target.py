@@ -30,23 +30,13 @@ PARTIAL = ".partial-"  # staging: .<name>.partial-<host>-<pid>-<random>
 ASIDE = ".old-"  # an old export being replaced (tfmp.files.publish): <name>.old-<...>
 
 
-def _marker(path):
-    """The COMPLETE marker's record of `path`, {} when it has none or an unreadable one."""
-    try:
-        with open(os.path.join(path, files.MARKER), encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
 def looks_like_export(path):
     """A finished tfmp export, or one written before exports had a completion marker.
 
     A run also has a COMPLETE marker, so the marker must say "export"; an export from
     before markers is recognised by its report, and never when it looks like a run.
     """
-    if _marker(path).get("kind") == KIND:
+    if files.read_marker(path).get("kind") == KIND:
         return True
     if rundir.looks_like_run(path):
         return False
@@ -60,7 +50,7 @@ def looks_like_export(path):
 def check_export(path):
     """Raises `InputError` unless `path` is a finished export; what readers call first."""
     files.check_complete(os.fspath(path), KIND)
-    if _marker(path).get("kind") != KIND:
+    if files.read_marker(path).get("kind") != KIND:
         raise InputError(f"'{os.fspath(path)}' is not a tfmp export (its {files.MARKER} "
                          "marker is not an export's: a run directory?). Pass a directory "
                          "written by `tfmp export`.")
@@ -74,23 +64,6 @@ def check_target(target, overwrite=False, protected=()):
                         "--out-root.")
     return rundir.check_target(target, "an export directory", FLAG, protected,
                                looks_like_export, overwrite)
-
-
-def _this_host():
-    return files.unique_suffix().rsplit("-", 2)[0]  # the host as unique_suffix spells it
-
-
-def _dead_writer(suffix):
-    """Whether `files.unique_suffix()` text `suffix` names a process of this host that is gone.
-
-    A name from another host is never judged dead (its processes cannot be checked
-    from here), nor one whose pid is alive, nor one not written by `unique_suffix`.
-    """
-    parts = suffix.rsplit("-", 2)
-    if len(parts) != 3 or not parts[1].isdigit() or parts[0] != _this_host():
-        return False
-    # files' own liveness test, the one DirLock judges a stale lock by.
-    return not files._pid_alive(int(parts[1]))
 
 
 def sweep(target):
@@ -108,9 +81,9 @@ def sweep(target):
     for entry in sorted(os.listdir(parent)):
         path = os.path.join(parent, entry)
         if entry.startswith(f".{name}{PARTIAL}"):
-            if not _dead_writer(entry[len(f".{name}{PARTIAL}"):]):
+            if not files.left_by_dead_process(entry[len(f".{name}{PARTIAL}"):]):
                 continue
-            if _marker(path).get("kind") == KIND and files.recover(path, target):
+            if files.read_marker(path).get("kind") == KIND and files.recover(path, target):
                 recovered = True
                 warnings.warn(f"'{target}': a finished export was left unrenamed by a "
                               f"process that died ({path}); it is now put in place.",
@@ -120,7 +93,7 @@ def sweep(target):
     for entry in sorted(os.listdir(parent)):
         # An old export renamed aside goes once the new one is in place.
         if (entry.startswith(f"{name}{ASIDE}") and os.path.isdir(target)
-                and _dead_writer(entry[len(name) + len(ASIDE):])):
+                and files.left_by_dead_process(entry[len(name) + len(ASIDE):])):
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
     return recovered
 
