@@ -1,6 +1,9 @@
 """The Markdown tables and the target checks of a benchmark results dict."""
 
 
+import statistics
+
+
 def _f(value, fmt="{:.2f}"):
     return "n/a" if value is None else fmt.format(value)
 
@@ -65,6 +68,21 @@ def targets(results):
                 out[f"{policy} not >5% slower than float32 (or not auto)"] = dict(
                     value=r, target=0.95, met=r >= 0.95 or auto != policy,
                     note=f"auto picks {auto} here")
+    for policy in ("float32", "mixed_bfloat16", "mixed_float16"):
+        c = cfgs.get(f"tf_{policy}_fixed", {})
+        if c.get("own_mfu") is not None:
+            out[f"{policy} step >= 70% of its own matmul peak"] = dict(
+                value=c["own_mfu"], target=0.70, met=c["own_mfu"] >= 0.70,
+                note=f"tf_{policy}_fixed: {c['flops_per_second'] / 1e9:.0f} GFLOP/s against "
+                     f"{c['own_peak_gflops']:.0f}")
+    for name, p in results.get("endtoend", {}).get("pairs", {}).items():
+        mean = statistics.mean
+        out[f"end to end >= 1.5x the Hugging Face Trainer, {name}"] = dict(
+            value=p["speed_ratio_median"], target=1.5, met=p["speed_ratio_median"] >= 1.5,
+            note=f"tfmp {p['tfmp_policy']} {statistics.median(p['tfmp_seconds']):.1f} s vs "
+                 f"Trainer {p['hf_precision']} {statistics.median(p['hf_seconds']):.1f} s "
+                 f"(median); test accuracy {mean(p['tfmp_accuracy']):.2%} vs "
+                 f"{mean(p['hf_accuracy']):.2%} (mean of {len(p['hf_accuracy'])})")
     for label in ("tfmp / PyTorch, float32, fixed-64", "tfmp / PyTorch, bfloat16, fixed-64"):
         # Same sequence length only: a bucketed tfmp step does less work than fixed-64.
         candidates = {k: v for k, v in ratios.items() if "PyTorch" in k and k.startswith("tfmp")
@@ -102,6 +120,31 @@ def _per_round(training, label):
     a, b = (training["configs"][n]["rounds"] for n in names)
     return ", ".join(f"{x['examples_per_second'] / y['examples_per_second']:.2f}"
                      for x, y in zip(a, b))
+
+
+def _endtoend(e2e):
+    """The end-to-end table: every run of both engines, then the ratios."""
+    if not e2e:
+        return []
+    st = e2e["settings"]
+    lines = [f"## End to end: `tfmp train` vs the Hugging Face Trainer ({st['examples']} airline "
+             f"tweets x {st['epochs']} epochs, batch {st['batch_size']}, max length "
+             f"{st['seq_len']}, validation each epoch; seeds {', '.join(map(str, st['seeds']))})",
+             "", "Training seconds: tfmp `train_seconds`, the Trainer's `train_runtime` (both the "
+             "fit loop with its per-epoch validation). CPU: the process's CPU time over its wall "
+             "time (200% = both cores). Settings: benchmarks/hf_trainer_job.py.", "",
+             "| engine | precision | seed | training s | process s | CPU | test accuracy | "
+             "macro-F1 |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in e2e["runs"]:
+        lines.append(f"| {r['engine']} | {r['precision']} | {r['seed']} | {r['seconds']:.1f} | "
+                     f"{r['process_seconds']:.1f} | {r['cpu_percent']:.0f}% | "
+                     f"{r['accuracy']:.2%} | {r['macro_f1']:.3f} |")
+    lines += ["", "| pair | Trainer s / tfmp s (median) | per run |", "| --- | --- | --- |"]
+    for name, p in e2e["pairs"].items():
+        lines.append(f"| {name} (tfmp {p['tfmp_policy']}, Trainer {p['hf_precision']}) | "
+                     f"{p['speed_ratio_median']:.2f}x | "
+                     f"{', '.join(f'{x:.2f}' for x in p['speed_ratios'])} |")
+    return lines + [""]
 
 
 def markdown(results):
@@ -188,6 +231,7 @@ def markdown(results):
                 f"{', '.join(format(r['accuracy'], '.2%') for r in v['runs'])} | "
                 f"{_f(v['speed_ratio_median'])}x |")
         lines.append("")
+    lines += _endtoend(results.get("endtoend"))
     p = results.get("pipeline")
     if p:
         lines += [

@@ -17,8 +17,8 @@ sys.path.insert(0, HERE)
 import common
 import report
 
-PARTS = ("pipeline", "training", "peer", "onednn", "inference", "memory", "accuracy",
-         "grouping")
+PARTS = ("pipeline", "training", "peer", "onednn", "inference", "memory", "endtoend",
+         "accuracy", "grouping")
 # "accuracy" (three short fine-tuning runs, ~5 min) only when asked for with --parts.
 DEFAULT_PARTS = tuple(p for p in PARTS if p not in ("accuracy", "grouping"))  # minutes each
 
@@ -139,6 +139,21 @@ def run(args, log=print):
                 log("peak memory, one subprocess per engine")
                 results.setdefault("inference", {})["peak_rss_mb"] = inference.peak_memory(
                     args.export_dir, model_dir, log=log)
+    if "endtoend" in parts:
+        try:
+            import accelerate  # noqa: F401  (the Trainer needs it)
+            import torch  # noqa: F401
+        except ImportError:
+            log("torch or accelerate is not installed: the end-to-end comparison with the "
+                "Hugging Face Trainer is skipped (pip install -e '.[bench]').")
+        else:
+            log("end to end: tfmp train against the Hugging Face Trainer, alternating processes")
+            import endtoend
+
+            results["endtoend"] = endtoend.measure(
+                None if model_dir == models.default_model_dir() else model_dir,
+                seeds=(0,) if quick else (0, 1), rounds=1,
+                examples=256 if quick else 3000, epochs=1 if quick else 2, log=log)
     if "accuracy" in parts:
         log("accuracy: one epoch on 3,000 tweets per input pipeline")
         import accuracy

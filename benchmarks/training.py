@@ -371,7 +371,24 @@ def apply_mfu(results):
             r["mfu"] = r["flops_per_second"] / ceiling
         c["mfu"] = common.median([r["mfu"] for r in c["rounds"]])
         c["best_round_mfu"] = max(r["mfu"] for r in c["rounds"])
+        own = own_ceiling(results, c["policy"])
+        c["own_peak_gflops"] = own / 1e9 if own else None
+        c["own_mfu"] = c["flops_per_second"] / own if own and c["flops_per_second"] else None
     return results
+
+
+def own_ceiling(results, policy):
+    """The matmul rate (FLOP/s) a policy's step is held against: its own arithmetic's.
+
+    float32 against the float32 matmul; bfloat16 (tfmp's mixed_bfloat16, PyTorch's
+    bfloat16 autocast) against the bfloat16 matmul. mixed_float16 on a CPU without
+    float16 arithmetic multiplies in float32 (tfmp.float16_cpu: float16 in and out,
+    float32 accumulation), so its own peak is the float32 rate.
+    """
+    key = ("matmul_bfloat16_gflops" if policy in ("mixed_bfloat16", "bfloat16")
+           else "matmul_float32_gflops")
+    rates = results.get(key) or []
+    return max(rates) * 1e9 if rates else None
 
 
 def onednn_ratio(model_dir, rounds=2, steps=6, quick=False, log=print):
