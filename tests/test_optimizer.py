@@ -180,3 +180,15 @@ def test_fused_adamw_matches_keras_update(clipnorm):
 def test_fused_flag_round_trips_in_config():
     opt = optimizer.AdamW(learning_rate=1e-3, fused=False)
     assert optimizer.AdamW.from_config(opt.get_config()).fused is False
+
+
+def test_grad_norm_is_the_global_norm_of_the_applied_gradients():
+    """One L2Loss per gradient (tfmp) gives numpy's global norm, to float32 rounding."""
+    rng = np.random.default_rng(1)
+    init = [rng.normal(size=(16, 8)).astype("float32"), rng.normal(size=(8,)).astype("float32")]
+    grads = [rng.normal(size=v.shape).astype("float32") for v in init]
+    variables = [keras.Variable(v) for v in init]
+    opt = optimizer.AdamW(learning_rate=1e-3, weight_decay=0.01)
+    opt.apply([keras.ops.convert_to_tensor(g) for g in grads], variables)
+    expected = np.sqrt(sum(float(np.sum(g.astype("float64") ** 2)) for g in grads))
+    np.testing.assert_allclose(float(opt.grad_norm), expected, rtol=1e-6)

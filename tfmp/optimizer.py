@@ -70,7 +70,7 @@ class AdamW(keras.optimizers.AdamW):
 
     Args:
         fused: bool. Update each variable with TensorFlow's one-pass `ResourceApplyAdam`
-            (and weight decay with `ResourceApplyGradientDescent`) instead of Keras'
+            (and weight decay as one XLA-fused pass) instead of Keras'
             elementwise ops. Same formula; 1.6x faster on the MiniLM step's update.
         **kwargs: `keras.optimizers.AdamW` arguments.
     """
@@ -104,8 +104,7 @@ class AdamW(keras.optimizers.AdamW):
         return list(grads_and_vars)
 
     def _clip_gradients(self, grads):
-        squares = [ops.sum(ops.square(ops.cast(g, "float32"))) for g in grads if g is not None]
-        norm = ops.sqrt(ops.sum(ops.stack(squares))) if squares else ops.zeros(())
+        norm = _global_norm(grads)
         self.grad_norm.assign(norm)
         if not (self.global_clipnorm and self.global_clipnorm > 0):
             return super()._clip_gradients(grads)
@@ -146,7 +145,11 @@ class AdamW(keras.optimizers.AdamW):
         )
 
     def _apply_weight_decay(self, variables):
-        # var -= lr * wd * var as one `ResourceApplyGradientDescent` instead of three ops.
+        # var -= lr * wd * var as one XLA-fused pass (read once, write once) per variable.
+        # Keras' assign_sub(var * lr * wd) and TensorFlow's ResourceApplyGradientDescent
+        # (which copies the variable it reads as its own delta) each pass over it about
+        # three times: 11.8 ms a MiniLM step either way, 7.3 ms fused
+        # (benchmarks/optimizer_update.py).
         if not self.fused or self.weight_decay is None or not all(
             _fusable(v) for v in variables):
             return super()._apply_weight_decay(variables)
@@ -155,8 +158,7 @@ class AdamW(keras.optimizers.AdamW):
         def decay(variable):
             if self._use_weight_decay(variable):
                 alpha = tf.cast(self.learning_rate * self.weight_decay, variable.dtype)
-                tf.raw_ops.ResourceApplyGradientDescent(
-                    var=variable.handle, alpha=alpha, delta=tf.identity(variable))
+                variable.assign(_decayed(variable, alpha))
 
         def apply_all(distribution, variables):
             for variable in variables:
@@ -166,6 +168,35 @@ class AdamW(keras.optimizers.AdamW):
 
         tf.__internal__.distribute.interim.maybe_merge_call(
             apply_all, self._distribution_strategy, variables)
+
+
+_DECAY = []
+
+
+def _decayed(variable, alpha):
+    """variable - variable * alpha, one fused XLA loop (compiled once per shape)."""
+    import tensorflow as tf
+
+    if not _DECAY:
+        _DECAY.append(tf.function(lambda v, a: v - v * a, jit_compile=True))
+    return _DECAY[0](variable, alpha)
+
+
+def _global_norm(grads):
+    """sqrt of the sum of all squared gradients, in float32.
+
+    Under TensorFlow each gradient's sum of squares is one `L2Loss` kernel (a single
+    pass, no squared copy): 1.9x faster than square-then-sum over MiniLM's 22.7M
+    gradients (4.9 vs 9.5 ms a step, benchmarks/optimizer_update.py).
+    """
+    grads = [ops.cast(g, "float32") for g in grads if g is not None]
+    if not grads:
+        return ops.zeros(())
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return ops.sqrt(2.0 * tf.add_n([tf.nn.l2_loss(g) for g in grads]))
+    return ops.sqrt(ops.sum(ops.stack([ops.sum(ops.square(g)) for g in grads])))
 
 
 def _fusable(variable):
