@@ -93,7 +93,11 @@ def run_job(engine, precision, seed, split, model_dir, tmp, examples, epochs):
     return result
 
 
-def measure(model_dir=None, seeds=(0,), rounds=1, examples=3000, epochs=2, log=print):
+def _print_now(*args):
+    print(*args, flush=True)  # each run takes a minute or two: say so as it ends
+
+
+def measure(model_dir=None, seeds=(0,), rounds=1, examples=3000, epochs=2, log=_print_now):
     """Runs every job `rounds` times per seed, alternating; returns the results dict."""
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
