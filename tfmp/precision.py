@@ -346,3 +346,25 @@ def needs_float32_pin(entry, scale, margin=DEFAULT_MARGIN, culprit=False):
         return False
     peak = max(entry["max_abs_activation"] or 0.0, (entry["max_abs_gradient"] or 0.0) / scale)
     return culprit or peak * margin >= FLOAT16_MAX
+
+
+# --- Lost updates ---
+
+# Stored fraction bits of each variable dtype: its unit in the last place at |w| is
+# 2**(floor(log2|w|) - bits). An update below half of it rounds back to w.
+_FRACTION_BITS = {"float32": 23, "float16": 10, "bfloat16": 7, "float64": 52}
+# A variable "has stopped learning" when at least this share of its updates are lost
+# while the learning rate is at least STALL_MIN_LR_SHARE of its peak (the end of a
+# linear decay loses everything, by design).
+STALL_SHARE = 0.9
+STALL_MIN_LR_SHARE = 0.1
+
+
+def half_ulp(values, dtype):
+    """Half a unit in the last place of `values` (a float array) stored in `dtype`."""
+    import numpy as np
+
+    bits = _FRACTION_BITS[str(dtype)]
+    mantissa, exponent = np.frexp(np.abs(np.asarray(values, dtype=np.float64)))
+    # |w| = mantissa * 2**exponent, mantissa in [0.5, 1): floor(log2|w|) = exponent - 1.
+    return np.where(mantissa == 0, 0.0, np.ldexp(1.0, exponent - 2 - bits))
