@@ -87,6 +87,18 @@ class TrainConfig:
     test_fraction: float = _setting(0.1, "share of the data held out for the test report")
     seed: int = _setting(0, "seed of the splits, initialisation, dropout and batch order")
     # --- Loss scaling and guards (mixed_float16 only) ---
+    # benchmarks/lossscale.py measures the four rules on a real run; the README has
+    # the numbers behind this default.
+    loss_scale: str = _setting(
+        "dynamic", "dynamic (halve on overflow, double after --dynamic-growth-steps), "
+        "hysteresis (halve only at the --loss-scale-hysteresis-th overflow), delayed (from "
+        "a rolling max of the unscaled gradients) or a number: a static scale, e.g. 256")
+    loss_scale_hysteresis: int = _setting(
+        2, "--loss-scale hysteresis: overflows until the scale halves (the halving one counted)")
+    loss_scale_window: int = _setting(
+        16, "--loss-scale delayed: steps of gradient maxima the scale is set from")
+    loss_scale_margin: float = _setting(
+        8.0, "--loss-scale delayed: factor kept between the largest scaled gradient and 65504")
     initial_loss_scale: float = _setting(2.0**15, "loss scale at the first step")
     dynamic_growth_steps: int = _setting(
         2000, "clean steps after which the loss scale doubles")
@@ -138,6 +150,7 @@ class TrainConfig:
     def validate(self):
         check_types(dataclasses.asdict(self), "")
         check_layer_patterns(self.float32_layers)
+        check_loss_scale(self.loss_scale)
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}."),
             (self.length_pool >= 1,
@@ -150,6 +163,10 @@ class TrainConfig:
              f"--max-train-examples must be at least 1, got {self.max_train_examples}."),
             (self.checkpoint_every >= 0,
              f"--checkpoint-every must be 0 or more, got {self.checkpoint_every}."),
+            (self.loss_scale_hysteresis >= 1 and self.loss_scale_window >= 1
+             and self.loss_scale_margin >= 1,
+             "--loss-scale-hysteresis and --loss-scale-window must be at least 1, "
+             "--loss-scale-margin at least 1."),
             (self.on_decode_error in ("replace", "strict"),
              f"--on-decode-error must be 'replace' or 'strict', got {self.on_decode_error!r}."),
         ]
@@ -184,6 +201,26 @@ def _annotation_kinds(annotation):
     if isinstance(annotation, types.UnionType):
         return annotation.__args__
     return (annotation,)
+
+
+LOSS_SCALE_MODES = ("dynamic", "hysteresis", "delayed")
+MAX_LOSS_SCALE = 2.0**24
+
+
+def check_loss_scale(text):
+    """`--loss-scale`: one of `LOSS_SCALE_MODES`, or a static scale (returned as a float)."""
+    text = str(text).strip()
+    if text in LOSS_SCALE_MODES:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 1 <= value <= MAX_LOSS_SCALE:
+        raise UserError(
+            f"--loss-scale {text!r}: expected {', '.join(LOSS_SCALE_MODES)} or a static "
+            f"scale between 1 and {MAX_LOSS_SCALE:g} (e.g. 256).")
+    return value
 
 
 def check_layer_patterns(patterns):

@@ -365,6 +365,6 @@ def half_ulp(values, dtype):
     import numpy as np
 
     bits = _FRACTION_BITS[str(dtype)]
-    mantissa, exponent = np.frexp(np.abs(np.asarray(values, dtype=np.float64)))
+    mantissa, exponent = np.frexp(np.abs(np.asarray(values, dtype=np.float32)))
     # |w| = mantissa * 2**exponent, mantissa in [0.5, 1): floor(log2|w|) = exponent - 1.
     return np.where(mantissa == 0, 0.0, np.ldexp(1.0, exponent - 2 - bits))
