@@ -59,6 +59,15 @@ class TrainConfig:
     policy: str = _setting("auto", "precision policy; auto picks from the hardware and says why")
     float32_layers: tuple = _setting(
         (), "comma-separated layer paths or patterns to keep in float32 (from `tfmp diagnose`)")
+    # Off by default: it changes nothing under float32/bfloat16 compute, and an ordinary
+    # run pins nothing (README, "Adaptive precision"); it is the cure for float16 overflow.
+    precision_map: str = _setting(
+        "none", "adaptive: measure a few batches before training and give each layer short "
+        "of float16 range its own policy (float32, or bfloat16 where the hardware has it), "
+        "printed with the reason; none: one policy for every layer",
+        choices=("none", "adaptive"))
+    calibration_batches: int = _setting(
+        4, "--precision-map adaptive: training batches measured before the first step")
     # --- Batches ---
     epochs: int = _setting(2, "passes over the training split")
     batch_size: int = _setting(32, "global batch size (split across replicas)")
@@ -108,6 +117,10 @@ class TrainConfig:
     skip_window: int = _setting(100, "steps over which the overflow skip rate is measured")
     max_skip_share: float = _setting(
         0.5, "stop when more than this share of the last --skip-window steps overflowed")
+    # Each measurement reads every weight and AdamW slot (~0.3 s for MiniLM).
+    lost_update_every: int = _setting(
+        200, "steps between lost-update measurements (share of AdamW updates below half "
+        "an ulp of their weight, per variable, in TensorBoard); 0: off")
     # --- Run ---
     # A MiniLM checkpoint (weights + AdamW slots) is ~270 MB and ~1 s to write.
     checkpoint_every: int = _setting(
@@ -167,6 +180,9 @@ class TrainConfig:
              and self.loss_scale_margin >= 1,
              "--loss-scale-hysteresis and --loss-scale-window must be at least 1, "
              "--loss-scale-margin at least 1."),
+            (self.precision_map in ("none", "adaptive") and self.calibration_batches >= 1,
+             f"--precision-map must be none or adaptive (got {self.precision_map!r}) and "
+             f"--calibration-batches at least 1 (got {self.calibration_batches})."),
             (self.on_decode_error in ("replace", "strict"),
              f"--on-decode-error must be 'replace' or 'strict', got {self.on_decode_error!r}."),
         ]
@@ -243,7 +259,7 @@ def check_layer_patterns(patterns):
 # variable, so a run started on 2 GPUs can resume on 1 (or on 2 hosts).
 RESUMABLE_FIELDS = frozenset({
     "out", "overwrite", "min_loss_scale", "skip_window", "max_skip_share",
-    "checkpoint_every", "strategy",
+    "checkpoint_every", "strategy", "lost_update_every",
 })
 
 

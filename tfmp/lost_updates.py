@@ -12,7 +12,7 @@ rounding starts to bite only at rates ~1e-7 of the weight; the monitor shows bot
 
 `lost_shares(optimizer)` is the measurement: after a step, AdamW's intended update of
 each variable (from its moments, the rate applied and weight decay) against half the
-ulp of the weight in its storage dtype (`precision.half_ulp`).
+ulp of the weight in its storage dtype (`half_ulp`).
 """
 
 import logging
@@ -29,6 +29,19 @@ TAG = "lost_updates"  # TensorBoard: lost_updates/<variable path>, lost_updates/
 
 def _number(x):
     return float(keras.ops.convert_to_numpy(x))
+
+
+# Stored fraction bits of each variable dtype: its unit in the last place at |w| is
+# 2**(floor(log2|w|) - bits). An update below half of it rounds back to w.
+_FRACTION_BITS = {"float32": 23, "float16": 10, "bfloat16": 7, "float64": 52}
+
+
+def half_ulp(values, dtype):
+    """Half a unit in the last place of `values` (a float array) stored in `dtype`."""
+    bits = _FRACTION_BITS[str(dtype)]
+    mantissa, exponent = np.frexp(np.abs(np.asarray(values, dtype=np.float32)))
+    # |w| = mantissa * 2**exponent, mantissa in [0.5, 1): floor(log2|w|) = exponent - 1.
+    return np.where(mantissa == 0, 0.0, np.ldexp(np.float32(1.0), exponent - 2 - bits))
 
 
 def _np_dtype(dtype):
@@ -77,7 +90,7 @@ def lost_shares(optimizer):
         moving = update > 0
         if not moving.any():
             continue
-        lost = update[moving] < precision.half_ulp(w[moving], dtype)
+        lost = update[moving] < half_ulp(w[moving], dtype)
         shares[path] = float(np.mean(lost))
     return shares
 

@@ -280,6 +280,13 @@ def rebuild(classifier, policy):
         )
     clone.set_weights(classifier.get_weights())
     precision.apply_pins(clone, policy)
+    if policy.name != "float32":  # the source's per-layer pins (e.g. a run's adaptive map)
+        own, carried = classifier.dtype_policy.name, []
+        for path, layer in precision.layer_paths(classifier):  # parents first
+            if (layer.dtype_policy.name != own and not isinstance(layer, keras.Model)
+                    and not any(path.startswith(c + "/") for c in carried)):
+                precision.pin_float32(clone, [path], dtype=layer.dtype_policy.name)
+                carried.append(path)
     return clone
 
 
