@@ -68,6 +68,13 @@ class TrainConfig:
         choices=("none", "adaptive"))
     calibration_batches: int = _setting(
         4, "--precision-map adaptive: training batches measured before the first step")
+    # A healthy float16 run skips a handful of steps in thousands; 8 within 50 is a burst
+    # (the scale has fallen 256x), well before --max-skip-share stops the run.
+    recovery_burst: int = _setting(
+        8, "--precision-map adaptive: skipped steps within --recovery-window that make "
+        "training diagnose, pin the offending layers, restore the last checkpoint and go "
+        "on; 0: off")
+    recovery_window: int = _setting(50, "steps within which --recovery-burst counts")
     # --- Batches ---
     epochs: int = _setting(2, "passes over the training split")
     batch_size: int = _setting(32, "global batch size (split across replicas)")
@@ -121,6 +128,10 @@ class TrainConfig:
     lost_update_every: int = _setting(
         200, "steps between lost-update measurements (share of AdamW updates below half "
         "an ulp of their weight, per variable, in TensorBoard); 0: off")
+    # One probed forward and backward pass (~2 steps' time) per column.
+    headroom_every: int = _setting(
+        200, "under a loss scale: steps between columns of the per-layer float16 headroom "
+        "image in TensorBoard (precision/headroom); 0: off")
     # --- Run ---
     # A MiniLM checkpoint (weights + AdamW slots) is ~270 MB and ~1 s to write.
     checkpoint_every: int = _setting(
@@ -259,7 +270,7 @@ def check_layer_patterns(patterns):
 # variable, so a run started on 2 GPUs can resume on 1 (or on 2 hosts).
 RESUMABLE_FIELDS = frozenset({
     "out", "overwrite", "min_loss_scale", "skip_window", "max_skip_share",
-    "checkpoint_every", "strategy", "lost_update_every",
+    "checkpoint_every", "strategy", "lost_update_every", "headroom_every",
 })
 
 

@@ -141,7 +141,10 @@ def _measure(model, copy, batches, loss_fn, scale):
         reference = actual
         if copy is not None:
             ref_leaves, ref, _ = _run_probed(copy, x, y, loss_fn, scale)
-            if [type(l) for l in ref_leaves] == [type(l) for l in leaves]:
+            # Training-only transforms change a layer's class in place (a subclass).
+            if len(ref_leaves) == len(leaves) and all(
+                    isinstance(a, type(b)) or isinstance(b, type(a))
+                    for a, b in zip(leaves, ref_leaves)):
                 reference = ref
         stats = [[_stats(ref_acts), _stats(ref_grads), _stats(acts), _stats(grads)]
                  for (acts, grads), (ref_acts, ref_grads) in zip(actual, reference)]
@@ -152,7 +155,8 @@ def _measure(model, copy, batches, loss_fn, scale):
     return leaves, merged, called, loss
 
 
-def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN, batches=1):
+def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN, batches=1,
+             reference=True):
     """Runs `batches` batches of `data` through `model` with per-layer probes.
 
     Args:
@@ -166,6 +170,8 @@ def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN, 
             of 65504.
         batches: int. Batches of a dataset measured (peaks: the largest over them;
             underflow shares: their mean).
+        reference: bool. Measure magnitudes on a float32 copy (what float16 would have
+            to hold); False: on the model as it is (inf where it overflows), cheaper.
 
     Returns:
         A dict: "policy", "loss_scale", "loss", "layers" (per leaf layer, in
@@ -178,7 +184,7 @@ def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN, 
     loss_fn = loss_fn or _loss_fn(model)
     scale = float(loss_scale) if loss_scale is not None else _loss_scale(model, policy_name)
     paths = {id(l): p for p, l in _leaf_layers(model)}
-    copy = _float32_copy(model) if model.compute_dtype != "float32" else None
+    copy = _float32_copy(model) if reference and model.compute_dtype != "float32" else None
     measured = _batches(model, data, batches)
     leaves, stats, called, loss = _measure(model, copy, measured, loss_fn, scale)
     layers, first_nonfinite, suggested = [], None, []

@@ -337,7 +337,8 @@ def adaptive_choice(entry, scale, bfloat16=False, margin=DEFAULT_MARGIN, culprit
         if bfloat16 and under < ADAPTIVE_UNDERFLOW_SHARE:
             return "mixed_bfloat16", reason + "; only range is short, so bfloat16"
         return "float32", reason
-    if under >= ADAPTIVE_UNDERFLOW_SHARE:
+    # Attention probabilities below 2**-24 weigh nothing beside the rest, which sum to 1.
+    if under >= ADAPTIVE_UNDERFLOW_SHARE and entry["class"] != "Softmax":
         return "float32", (f"{entry['path']}: {under:.1%} of its activations are below "
                            "2**-24 and flush to zero in float16")
     return None
