@@ -8,6 +8,8 @@ brings the residual stream back to unit scale, so float32 trains as before.
 Run: `python benchmarks/overflow.py --max-train-examples 2000 --epochs 1` trains the
 scaled MiniLM under float32, mixed_float16 and mixed_float16 with
 `--precision-map adaptive`, and prints accuracy, skipped steps and loss scale of each.
+`--factor 1 --runs mixed_float16,adaptive,static256,hysteresis,delayed` measures the
+unscaled MiniLM: the adaptive map's cost and each loss-scaling rule on an ordinary run.
 """
 
 import argparse
@@ -54,7 +56,10 @@ def _run(name, model_dir, out, args, **settings):
     return {"run": name, "accuracy": result.metrics["accuracy"],
             "skipped_steps": opt["skipped_steps"], "steps": steps,
             "skip_share": opt["skipped_steps"] / max(steps, 1),
-            "loss_scale": opt["loss_scale"], "layer_map": [list(r) for r in result.policy.layer_map],
+            "loss_scale": opt["loss_scale"],
+            "schedule_lag_steps": opt["skipped_steps"],
+            "calibration_seconds": result.metrics["timings"].get("calibration"),
+            "recoveries": result.metrics.get("recoveries"), "layer_map": [list(r) for r in result.policy.layer_map],
             "train_examples_per_second": result.metrics["train_examples_per_second"],
             "seconds": time.perf_counter() - start}
 
@@ -75,10 +80,14 @@ def main(argv=None):
 
     src = args.model or models.default_model_dir()
     with tempfile.TemporaryDirectory() as tmp:
-        scaled = scale_block(src, os.path.join(tmp, "scaled"), args.layer, args.factor)
+        scaled = (src if args.factor == 1 else
+                  scale_block(src, os.path.join(tmp, "scaled"), args.layer, args.factor))
         settings = {"float32": dict(policy="float32"),
                     "mixed_float16": dict(policy="mixed_float16"),
-                    "adaptive": dict(policy="mixed_float16", precision_map="adaptive")}
+                    "adaptive": dict(policy="mixed_float16", precision_map="adaptive"),
+                    "static256": dict(policy="mixed_float16", loss_scale="256"),
+                    "hysteresis": dict(policy="mixed_float16", loss_scale="hysteresis"),
+                    "delayed": dict(policy="mixed_float16", loss_scale="delayed")}
         rows = []
         for name in args.runs.split(","):
             rows.append(_run(name, scaled, tmp, args, **settings[name]))

@@ -90,3 +90,18 @@ def test_overflow_case_plain_float16_collapses_and_adaptive_matches_float32(
     for m in (loaded, rebuilt):
         block = dict(precision.layer_paths(m))["bert_backbone/transformer_layer_1"]
         assert block.compute_dtype == trained.compute_dtype
+
+
+def test_a_resumed_run_takes_the_checkpoints_map_without_measuring_again():
+    import types
+
+    from tfmp import train as train_module  # noqa: F401 (the module, for _policy)
+
+    rows = [["bert_backbone/transformer_layer_1", "float32", "measured at the start"]]
+    point = types.SimpleNamespace(state={"policy": "mixed_float16", "layer_map": rows})
+    dist = types.SimpleNamespace(num_workers=1)
+    for policy in ("mixed_float16", "auto"):
+        config = TrainConfig(policy=policy, precision_map="adaptive")
+        resumed = sys.modules["tfmp.train"]._policy(config, point, dist)
+        assert resumed.layer_map == (tuple(rows[0]),)
+    assert sys.modules["tfmp.train"]._policy(TrainConfig(), None, dist).layer_map == ()

@@ -306,6 +306,7 @@ def half_ulp(values, dtype):
 
 # A float16 layer with this share of non-zero activations below 2**-24 computes in float32.
 ADAPTIVE_UNDERFLOW_SHARE = 0.05
+ADAPTIVE_UNDERFLOW_MAX = 2.0**-13
 
 
 def pin_scope(path):
@@ -337,8 +338,9 @@ def adaptive_choice(entry, scale, bfloat16=False, margin=DEFAULT_MARGIN, culprit
         if bfloat16 and under < ADAPTIVE_UNDERFLOW_SHARE:
             return "mixed_bfloat16", reason + "; only range is short, so bfloat16"
         return "float32", reason
-    # Attention probabilities below 2**-24 weigh nothing beside the rest, which sum to 1.
-    if under >= ADAPTIVE_UNDERFLOW_SHARE and entry["class"] != "Softmax":
+    # Beside a value above 2**-13, one below 2**-24 is under float16's 11-bit precision
+    # anyway (attention probabilities of padding): only a layer living that low loses.
+    if under >= ADAPTIVE_UNDERFLOW_SHARE and act < ADAPTIVE_UNDERFLOW_MAX:
         return "float32", (f"{entry['path']}: {under:.1%} of its activations are below "
                            "2**-24 and flush to zero in float16")
     return None
