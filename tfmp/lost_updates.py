@@ -12,7 +12,8 @@ rounding starts to bite only at rates ~1e-7 of the weight; the monitor shows bot
 
 `lost_shares(optimizer)` is the measurement: after a step, AdamW's intended update of
 each variable (from its moments, the rate applied and weight decay) against half the
-ulp of the weight in its storage dtype (`half_ulp`).
+ulp of the weight in its storage dtype (`half_ulp`), in TensorFlow ops (~0.3 s for
+MiniLM's 22.7M weights on 2 cores).
 """
 
 import logging
@@ -33,21 +34,24 @@ def _number(x):
 
 # Stored fraction bits of each variable dtype: its unit in the last place at |w| is
 # 2**(floor(log2|w|) - bits). An update below half of it rounds back to w.
-_FRACTION_BITS = {"float32": 23, "float16": 10, "bfloat16": 7, "float64": 52}
+_FRACTION_BITS = {"float32": 23, "float16": 10, "bfloat16": 7}
 
 
 def half_ulp(values, dtype):
-    """Half a unit in the last place of `values` (a float array) stored in `dtype`."""
+    """Half a unit in the last place of `values` (floats) stored in `dtype`, as float32.
+
+    Read from the float32 exponent bits: exact for normal numbers; 0 for zero, and for
+    weights so small that their half ulp is below float32's normal range.
+    """
+    import tensorflow as tf
+
     bits = _FRACTION_BITS[str(dtype)]
-    mantissa, exponent = np.frexp(np.abs(np.asarray(values, dtype=np.float32)))
-    # |w| = mantissa * 2**exponent, mantissa in [0.5, 1): floor(log2|w|) = exponent - 1.
-    return np.where(mantissa == 0, 0.0, np.ldexp(np.float32(1.0), exponent - 2 - bits))
-
-
-def _np_dtype(dtype):
-    import ml_dtypes  # numpy's bfloat16, a TensorFlow dependency
-
-    return ml_dtypes.bfloat16 if str(dtype) == "bfloat16" else np.dtype(str(dtype))
+    x = tf.abs(tf.cast(values, tf.float32))
+    exponent = tf.bitwise.bitwise_and(tf.bitwise.right_shift(
+        tf.bitcast(x, tf.int32), 23), 0xFF)  # biased: |x| in [2**(e-127), 2**(e-126))
+    field = exponent - (bits + 1)
+    return tf.where(field > 0, tf.bitcast(tf.bitwise.left_shift(tf.maximum(field, 1), 23),
+                                          tf.float32), 0.0)
 
 
 def _rate(optimizer, iteration):
@@ -57,41 +61,44 @@ def _rate(optimizer, iteration):
     return _number(lr)
 
 
-def intended_updates(optimizer):
-    """{variable path: (weight, |update|)} of the step AdamW just applied (numpy)."""
+def _rounded(value, dtype):
+    """`value` as the variable's dtype holds it (bfloat16 holds 0.999 as 1.0)."""
+    import tensorflow as tf
+
+    return float(tf.cast(tf.cast(value, dtype), tf.float64))
+
+
+def lost_shares(optimizer):
+    """{variable path: share of its non-zero intended updates below half an ulp}.
+
+    The intended update is Keras' Adam step recomputed from the slots after the step:
+    alpha m / (sqrt(v) + eps) with alpha = lr sqrt(1 - b2^t) / (1 - b1^t) (betas cast to
+    the variable's dtype, as its kernels do), plus lr x weight decay x w where it decays.
+    """
+    import tensorflow as tf
+
     opt = getattr(optimizer, "inner_optimizer", optimizer)
     t = int(_number(opt.iterations))
     if t == 0:
         return {}
     lr = _rate(opt, t - 1)
-    out = {}
-    for variable in opt._trainable_variables:
-        # Keras' Adam: alpha = lr sqrt(1 - b2^t) / (1 - b1^t); w -= alpha m / (sqrt(v) + eps),
-        # with the betas cast to the variable's dtype as its kernels do (bfloat16 holds
-        # 0.999 as 1.0: a pure-bfloat16 Adam never updates v at all).
-        b1, b2 = (float(np.asarray(b, dtype=np.float32).astype(_np_dtype(variable.dtype)))
-                  for b in (opt.beta_1, opt.beta_2))
-        alpha = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
-        index = opt._get_variable_index(variable)
-        w = np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
-        m = np.asarray(keras.ops.convert_to_numpy(opt._momentums[index]), dtype=np.float32)
-        v = np.asarray(keras.ops.convert_to_numpy(opt._velocities[index]), dtype=np.float32)
-        update = alpha * m / (np.sqrt(v) + opt.epsilon)
-        if opt.weight_decay and opt._use_weight_decay(variable):
-            update = update + lr * opt.weight_decay * w
-        out[variable.path] = (w, np.abs(update), variable.dtype)
-    return out
-
-
-def lost_shares(optimizer):
-    """{variable path: share of its non-zero intended updates below half an ulp}."""
     shares = {}
-    for path, (w, update, dtype) in intended_updates(optimizer).items():
+    for variable in opt._trainable_variables:
+        index = opt._get_variable_index(variable)
+        b1, b2 = (_rounded(b, variable.dtype) for b in (opt.beta_1, opt.beta_2))
+        alpha = lr * (1 - b2**t) ** 0.5 / (1 - b1**t)
+        w = tf.cast(variable.value, tf.float32)
+        m = tf.cast(opt._momentums[index].value, tf.float32)
+        v = tf.cast(opt._velocities[index].value, tf.float32)
+        update = alpha * m / (tf.sqrt(v) + opt.epsilon)
+        if opt.weight_decay and opt._use_weight_decay(variable):
+            update += lr * opt.weight_decay * w
+        update = tf.abs(update)
         moving = update > 0
-        if not moving.any():
-            continue
-        lost = update[moving] < half_ulp(w[moving], dtype)
-        shares[path] = float(np.mean(lost))
+        lost = tf.logical_and(moving, update < half_ulp(w, variable.dtype))
+        count = int(tf.math.count_nonzero(moving))
+        if count:
+            shares[variable.path] = int(tf.math.count_nonzero(lost)) / count
     return shares
 
 
