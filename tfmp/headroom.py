@@ -12,6 +12,7 @@ columns so far are drawn as one image, `precision/headroom`, at that step.
 import io
 import math
 import os
+import re
 
 import keras
 import numpy as np
@@ -29,12 +30,14 @@ def headroom_column(result):
     unscaled gradient; +inf where a value is not finite)."""
     out = {}
     for e in result["layers"]:
+        # keras names a second model's softmax "softmax_4": one row per layer all the same.
+        path = re.sub(r"/(softmax|dropout)_\d+$", r"/\1", e["path"])
         grad = (e["max_abs_gradient"] or 0.0) / (result["loss_scale"] or 1.0)
         peak = max(e["max_abs_activation"] or 0.0, grad)
         if e["nonfinite_activation"] or e["nonfinite_gradient"] or not math.isfinite(peak):
-            out[e["path"]] = math.inf
+            out[path] = math.inf
         else:
-            out[e["path"]] = math.log2(max(peak, 1e-30) / FLOAT16_MAX)
+            out[path] = math.log2(max(peak, 1e-30) / FLOAT16_MAX)
     return out
 
 
@@ -48,7 +51,7 @@ def render(columns):
     paths = list(dict.fromkeys(p for _, col in columns for p in col))
     grid = np.array([[col.get(p, np.nan) for _, col in columns] for p in paths], dtype=float)
     shown = np.clip(np.where(np.isinf(grid), _HIGH, grid), _LOW, _HIGH)
-    fig = plt.figure(figsize=(4 + 0.3 * len(columns), 1.5 + 0.16 * len(paths)), dpi=100)
+    fig = plt.figure(figsize=(7 + 0.25 * len(columns), 1.5 + 0.16 * len(paths)), dpi=100)
     try:
         ax = fig.add_subplot(1, 1, 1)
         image = ax.imshow(shown, aspect="auto", cmap="magma", vmin=_LOW, vmax=_HIGH,
@@ -58,9 +61,9 @@ def render(columns):
         ax.set_xticks(range(len(columns)))
         ax.set_xticklabels([str(s) for s, _ in columns], fontsize=7, rotation=90)
         ax.set_xlabel("step")
-        ax.set_title("log2(max |activation or unscaled gradient| / 65504); 0 = float16 limit",
-                     fontsize=8)
-        fig.colorbar(image, ax=ax, fraction=0.04)
+        ax.set_title("float16 headroom per layer (yellow: at or past 65504)", fontsize=9)
+        bar = fig.colorbar(image, ax=ax, fraction=0.04)
+        bar.set_label("log2(max(|activation|, |unscaled gradient|) / 65504)", fontsize=7)
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
