@@ -89,8 +89,8 @@ def main(argv=None):
                     "hysteresis": dict(policy="mixed_float16", loss_scale="hysteresis"),
                     "delayed": dict(policy="mixed_float16", loss_scale="delayed")}
         rows = []
-        for name in args.runs.split(","):
-            rows.append(_run(name, scaled, tmp, args, **settings[name]))
+        for i, name in enumerate(args.runs.split(",")):  # a name may repeat (alternation)
+            rows.append(_run(name, scaled, os.path.join(tmp, str(i)), args, **settings[name]))
             print(json.dumps(rows[-1]), flush=True)
     if args.json:
         with open(args.json, "w") as f:
