@@ -127,16 +127,18 @@ def _float32_copy(model):
     return clone
 
 
-def _merge(a, b):
-    """Per-layer statistics of two batches: the larger peak, the mean underflow share."""
-    return [(max(x[0] or 0.0, y[0] or 0.0) if x[0] is not None or y[0] is not None else None,
-             (x[1] + y[1]) / 2, x[2] or y[2]) for x, y in zip(a, b)]
+def _merge(x, y, n):
+    """One layer's statistics over n batches, given those over n - 1 (`x`) and the nth
+    (`y`): the larger peak, the mean underflow share, non-finite in either."""
+    peak = None if x[0] is None and y[0] is None else max(x[0] or 0.0, y[0] or 0.0)
+    return peak, x[1] + (y[1] - x[1]) / n, x[2] or y[2]
 
 
 def _measure(model, copy, batches, loss_fn, scale):
-    """[(leaf, act stats, grad stats, actual act stats, actual grad stats)] over `batches`."""
+    """(leaves, per leaf [act, grad, actual act, actual grad] statistics over `batches`
+    (each (peak, underflow share, non-finite)), whether each leaf was called, mean loss)."""
     merged, loss, leaves = None, 0.0, None
-    for x, y in batches:
+    for n, (x, y) in enumerate(batches, 1):
         leaves, actual, batch_loss = _run_probed(model, x, y, loss_fn, scale)
         reference = actual
         if copy is not None:
@@ -150,7 +152,7 @@ def _measure(model, copy, batches, loss_fn, scale):
                  for (acts, grads), (ref_acts, ref_grads) in zip(actual, reference)]
         called = [bool(acts) for acts, _ in actual]
         merged = stats if merged is None else [
-            [_merge([p], [q])[0] for p, q in zip(m, st)] for m, st in zip(merged, stats)]
+            [_merge(p, q, n) for p, q in zip(m, st)] for m, st in zip(merged, stats)]
         loss += batch_loss / len(batches)
     return leaves, merged, called, loss
 
