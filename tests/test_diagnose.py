@@ -113,3 +113,21 @@ def test_cli_json_into_a_missing_directory_is_refused_up_front(csv, tiny_bert_di
     err = capsys.readouterr().err
     assert "--json" in err and "does not exist" in err and "Traceback" not in err
     assert not (tmp_path / "missing").exists()
+
+
+def test_several_batches_take_the_largest_peak_and_the_mean_underflow():
+    import tensorflow as tf
+
+    model, (x, y) = _overflowing_model()
+    # Batch 2 is 10x larger: its peaks win; tiny inputs in batch 1 underflow in "small".
+    x1 = np.concatenate([np.full((4, 4), 10.0), np.full((4, 4), 1e-9)]).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices((np.concatenate([x1, 10 * x]),
+                                             np.concatenate([y, y]))).batch(8)
+    both = diagnose.diagnose(model, ds, loss_scale=1.0, batches=2)
+    first = diagnose.diagnose(model, ds, loss_scale=1.0, batches=1)
+    assert both["batches"] == 2 and first["batches"] == 1
+    small = [{e["path"]: e for e in r["layers"]}["small"] for r in (both, first)]
+    assert small[0]["max_abs_activation"] == pytest.approx(100.0)
+    assert small[1]["max_abs_activation"] == pytest.approx(10.0)
+    assert small[1]["activation_underflow_share"] == pytest.approx(0.5)
+    assert small[0]["activation_underflow_share"] == pytest.approx(0.25)  # mean of 0.5, 0

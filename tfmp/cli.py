@@ -135,6 +135,7 @@ def _add_diagnose(sub):
         "underflow share, the first non-finite layer, and float32 pins to use.")
     add_config_flags(p, DIAGNOSE_FIELDS, defaults=DIAGNOSE_DEFAULTS)
     p.add_argument("--loss-scale", type=float, default=TrainConfig.initial_loss_scale,
+                   dest="probe_loss_scale",  # not TrainConfig.loss_scale (the rule)
                    help="scale the loss as training would (default: %(default)g)")
     p.add_argument("--margin", type=float, default=precision.DEFAULT_MARGIN,
                    help="suggest a pin within this factor of 65504 (default: %(default)g)")
@@ -155,7 +156,7 @@ def _run_diagnose(args):
                                    sequence_length=config.seq_len, policy=policy)
     ds = data.make_dataset(splits.train, None, config.batch_size)
     result = diagnose.diagnose(
-        model, ds, loss_scale=args.loss_scale if policy.loss_scaling else 1.0,
+        model, ds, loss_scale=args.probe_loss_scale if policy.loss_scaling else 1.0,
         margin=args.margin)
     print(diagnose.format_table(result))
     print(diagnose.summary(result))

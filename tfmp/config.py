@@ -59,6 +59,22 @@ class TrainConfig:
     policy: str = _setting("auto", "precision policy; auto picks from the hardware and says why")
     float32_layers: tuple = _setting(
         (), "comma-separated layer paths or patterns to keep in float32 (from `tfmp diagnose`)")
+    # Off by default: it changes nothing under float32/bfloat16 compute, and an ordinary
+    # run pins nothing (README, "Adaptive precision"); it is the cure for float16 overflow.
+    precision_map: str = _setting(
+        "none", "adaptive: measure a few batches before training and give each layer short "
+        "of float16 range its own policy (float32, or bfloat16 where the hardware has it), "
+        "printed with the reason; none: one policy for every layer",
+        choices=("none", "adaptive"))
+    calibration_batches: int = _setting(
+        4, "--precision-map adaptive: training batches measured before the first step")
+    # A healthy float16 run skips a handful of steps in thousands; 8 within 50 is a burst
+    # (the scale has fallen 256x), well before --max-skip-share stops the run.
+    recovery_burst: int = _setting(
+        8, "--precision-map adaptive: skipped steps within --recovery-window that make "
+        "training diagnose, pin the offending layers, restore the last checkpoint and go "
+        "on; 0: off")
+    recovery_window: int = _setting(50, "steps within which --recovery-burst counts")
     # --- Batches ---
     epochs: int = _setting(2, "passes over the training split")
     batch_size: int = _setting(32, "global batch size (split across replicas)")
@@ -87,6 +103,18 @@ class TrainConfig:
     test_fraction: float = _setting(0.1, "share of the data held out for the test report")
     seed: int = _setting(0, "seed of the splits, initialisation, dropout and batch order")
     # --- Loss scaling and guards (mixed_float16 only) ---
+    # benchmarks/lossscale.py measures the four rules on a real run; the README has
+    # the numbers behind this default.
+    loss_scale: str = _setting(
+        "dynamic", "dynamic (halve on overflow, double after --dynamic-growth-steps), "
+        "hysteresis (halve only at the --loss-scale-hysteresis-th overflow), delayed (from "
+        "a rolling max of the unscaled gradients) or a number: a static scale, e.g. 256")
+    loss_scale_hysteresis: int = _setting(
+        2, "--loss-scale hysteresis: overflows until the scale halves (the halving one counted)")
+    loss_scale_window: int = _setting(
+        16, "--loss-scale delayed: steps of gradient maxima the scale is set from")
+    loss_scale_margin: float = _setting(
+        8.0, "--loss-scale delayed: factor kept between the largest scaled gradient and 65504")
     initial_loss_scale: float = _setting(2.0**15, "loss scale at the first step")
     dynamic_growth_steps: int = _setting(
         2000, "clean steps after which the loss scale doubles")
@@ -96,6 +124,14 @@ class TrainConfig:
     skip_window: int = _setting(100, "steps over which the overflow skip rate is measured")
     max_skip_share: float = _setting(
         0.5, "stop when more than this share of the last --skip-window steps overflowed")
+    # Each measurement reads every weight and AdamW slot (~0.3 s for MiniLM).
+    lost_update_every: int = _setting(
+        200, "steps between lost-update measurements (share of AdamW updates below half "
+        "an ulp of their weight, per variable, in TensorBoard); 0: off")
+    # One probed forward and backward pass (~2 steps' time) per column.
+    headroom_every: int = _setting(
+        200, "under a loss scale: steps between columns of the per-layer float16 headroom "
+        "image in TensorBoard (precision/headroom); 0: off")
     # --- Run ---
     # A MiniLM checkpoint (weights + AdamW slots) is ~270 MB and ~1 s to write.
     checkpoint_every: int = _setting(
@@ -138,6 +174,7 @@ class TrainConfig:
     def validate(self):
         check_types(dataclasses.asdict(self), "")
         check_layer_patterns(self.float32_layers)
+        check_loss_scale(self.loss_scale)
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}."),
             (self.length_pool >= 1,
@@ -150,6 +187,13 @@ class TrainConfig:
              f"--max-train-examples must be at least 1, got {self.max_train_examples}."),
             (self.checkpoint_every >= 0,
              f"--checkpoint-every must be 0 or more, got {self.checkpoint_every}."),
+            (self.loss_scale_hysteresis >= 1 and self.loss_scale_window >= 1
+             and self.loss_scale_margin >= 1,
+             "--loss-scale-hysteresis and --loss-scale-window must be at least 1, "
+             "--loss-scale-margin at least 1."),
+            (self.precision_map in ("none", "adaptive") and self.calibration_batches >= 1,
+             f"--precision-map must be none or adaptive (got {self.precision_map!r}) and "
+             f"--calibration-batches at least 1 (got {self.calibration_batches})."),
             (self.on_decode_error in ("replace", "strict"),
              f"--on-decode-error must be 'replace' or 'strict', got {self.on_decode_error!r}."),
         ]
@@ -186,6 +230,26 @@ def _annotation_kinds(annotation):
     return (annotation,)
 
 
+LOSS_SCALE_MODES = ("dynamic", "hysteresis", "delayed")
+MAX_LOSS_SCALE = 2.0**24
+
+
+def check_loss_scale(text):
+    """`--loss-scale`: one of `LOSS_SCALE_MODES`, or a static scale (returned as a float)."""
+    text = str(text).strip()
+    if text in LOSS_SCALE_MODES:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 1 <= value <= MAX_LOSS_SCALE:
+        raise UserError(
+            f"--loss-scale {text!r}: expected {', '.join(LOSS_SCALE_MODES)} or a static "
+            f"scale between 1 and {MAX_LOSS_SCALE:g} (e.g. 256).")
+    return value
+
+
 def check_layer_patterns(patterns):
     """Raises `UserError` for a `--float32-layers` pattern that is not a valid regular
     expression (each is an exact path, a parent path, or a regex on the whole path)."""
@@ -206,7 +270,7 @@ def check_layer_patterns(patterns):
 # variable, so a run started on 2 GPUs can resume on 1 (or on 2 hosts).
 RESUMABLE_FIELDS = frozenset({
     "out", "overwrite", "min_loss_scale", "skip_window", "max_skip_share",
-    "checkpoint_every", "strategy",
+    "checkpoint_every", "strategy", "lost_update_every", "headroom_every",
 })
 
 

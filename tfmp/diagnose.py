@@ -29,15 +29,20 @@ def _leaf_layers(model):
             if not l._flatten_layers(include_self=False, recursive=False)]
 
 
-def _first_batch(model, data):
-    """(x, y) of one preprocessed batch from a `tf.data.Dataset` or an (x, y) pair."""
+def _batches(model, data, count=1):
+    """Up to `count` preprocessed (x, y) batches of a `tf.data.Dataset`, or an (x, y) pair."""
     if hasattr(data, "take"):
-        data = next(iter(data.take(1)))
-    x, y, _ = keras.utils.unpack_x_y_sample_weight(tuple(data) if isinstance(data, list)
-                                                     else data)
-    if getattr(model, "preprocessor", None) is not None:
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(model.preprocess_samples(x, y))
-    return x, y
+        raw = list(data.take(count))
+    else:
+        raw = [data]
+    out = []
+    for batch in raw:
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(tuple(batch) if isinstance(batch, list)
+                                                         else batch)
+        if getattr(model, "preprocessor", None) is not None:
+            x, y, _ = keras.utils.unpack_x_y_sample_weight(model.preprocess_samples(x, y))
+        out.append((x, y))
+    return out
 
 
 def _loss_fn(model):
@@ -122,18 +127,53 @@ def _float32_copy(model):
     return clone
 
 
-def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN):
-    """Runs one batch of `data` through `model` with per-layer probes.
+def _merge(x, y, n):
+    """One layer's statistics over n batches, given those over n - 1 (`x`) and the nth
+    (`y`): the larger peak, the mean underflow share, non-finite in either."""
+    peak = None if x[0] is None and y[0] is None else max(x[0] or 0.0, y[0] or 0.0)
+    return peak, x[1] + (y[1] - x[1]) / n, x[2] or y[2]
+
+
+def _measure(model, copy, batches, loss_fn, scale):
+    """(leaves, per leaf [act, grad, actual act, actual grad] statistics over `batches`
+    (each (peak, underflow share, non-finite)), whether each leaf was called, mean loss)."""
+    merged, loss, leaves = None, 0.0, None
+    for n, (x, y) in enumerate(batches, 1):
+        leaves, actual, batch_loss = _run_probed(model, x, y, loss_fn, scale)
+        reference = actual
+        if copy is not None:
+            ref_leaves, ref, _ = _run_probed(copy, x, y, loss_fn, scale)
+            # Training-only transforms change a layer's class in place (a subclass).
+            if len(ref_leaves) == len(leaves) and all(
+                    isinstance(a, type(b)) or isinstance(b, type(a))
+                    for a, b in zip(leaves, ref_leaves)):
+                reference = ref
+        stats = [[_stats(ref_acts), _stats(ref_grads), _stats(acts), _stats(grads)]
+                 for (acts, grads), (ref_acts, ref_grads) in zip(actual, reference)]
+        called = [bool(acts) for acts, _ in actual]
+        merged = stats if merged is None else [
+            [_merge(p, q, n) for p, q in zip(m, st)] for m, st in zip(merged, stats)]
+        loss += batch_loss / len(batches)
+    return leaves, merged, called, loss
+
+
+def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN, batches=1,
+             reference=True):
+    """Runs `batches` batches of `data` through `model` with per-layer probes.
 
     Args:
         model: a built `keras.Model` (a tfmp `BertClassifier` or any functional model).
-        data: a `tf.data.Dataset` of (x, y) batches (its first batch is used) or an
+        data: a `tf.data.Dataset` of (x, y) batches (its first `batches` are used) or an
             (x, y) pair; raw strings are fine when the model has a preprocessor.
         loss_fn: loss(y, logits); default the compiled loss, else sparse CE on logits.
         loss_scale: float. Gradients are of the loss times this (default: the
             optimizer's current scale under float16, else 1), as in training.
         margin: float. Suggest a float32 pin when a value comes within this factor
             of 65504.
+        batches: int. Batches of a dataset measured (peaks: the largest over them;
+            underflow shares: their mean).
+        reference: bool. Measure magnitudes on a float32 copy (what float16 would have
+            to hold); False: on the model as it is (inf where it overflows), cheaper.
 
     Returns:
         A dict: "policy", "loss_scale", "loss", "layers" (per leaf layer, in
@@ -143,24 +183,18 @@ def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN):
         "suggested_float32_layers".
     """
     policy_name = model.dtype_policy.name
-    x, y = _first_batch(model, data)
     loss_fn = loss_fn or _loss_fn(model)
     scale = float(loss_scale) if loss_scale is not None else _loss_scale(model, policy_name)
     paths = {id(l): p for p, l in _leaf_layers(model)}
-    leaves, actual, loss = _run_probed(model, x, y, loss_fn, scale)
-    reference = actual
-    if model.compute_dtype != "float32":
-        copy = _float32_copy(model)
-        ref_leaves, ref, _ = _run_probed(copy, x, y, loss_fn, scale)
-        if [type(l) for l in ref_leaves] == [type(l) for l in leaves]:
-            reference = ref
+    copy = _float32_copy(model) if reference and model.compute_dtype != "float32" else None
+    measured = _batches(model, data, batches)
+    leaves, stats, called, loss = _measure(model, copy, measured, loss_fn, scale)
     layers, first_nonfinite, suggested = [], None, []
-    for layer, (acts, grads), (ref_acts, ref_grads) in zip(leaves, actual, reference):
-        if not acts:
+    for layer, (act, grad, real_act, real_grad), seen in zip(leaves, stats, called):
+        if not seen:
             continue  # not called on this path (e.g. the preprocessor's layers)
-        max_act, act_under, _ = _stats(ref_acts)
-        max_grad, grad_under, _ = _stats(ref_grads)
-        nonfinite_act, nonfinite_grad = _stats(acts)[2], _stats(grads)[2]
+        (max_act, act_under, _), (max_grad, grad_under, _) = act, grad
+        nonfinite_act, nonfinite_grad = real_act[2], real_grad[2]
         # Gradients are rescued by a smaller loss scale; only their unscaled size is
         # the layer's problem.
         unscaled_grad = (max_grad or 0.0) / scale
@@ -191,6 +225,7 @@ def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN):
         "policy": policy_name,
         "loss_scale": scale,
         "loss": loss / scale if scale else loss,
+        "batches": len(measured),
         "float16_max": FLOAT16_MAX,
         "margin": margin,
         "layers": layers,

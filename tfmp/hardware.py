@@ -101,3 +101,9 @@ def _bf16_matmul_speedup(n=1024, repeats=8):
             best = min(best, time.perf_counter() - start)
         rates[dtype.name] = repeats / best
     return rates["bfloat16"] / rates["float32"]
+
+
+def bfloat16_supported(hardware):
+    """Whether `hardware` computes bfloat16 natively (GPU >= 8.0, TPU, AMX, AVX512-BF16)."""
+    return bool(hardware.tpu or any(major >= 8 for _, (major, _) in hardware.gpus)
+                or {"amx_bf16", "avx512_bf16"} & set(hardware.cpu_flags))

@@ -262,7 +262,8 @@ def rebuild(classifier, policy):
     Variables are float32 under every policy, so the copy is exact; only the compute
     dtype changes. Export uses it twice: float32 for SavedModel/TFLite (the TFLite
     converter fails on a mixed_float16 graph, and CPUs serve float32) and
-    mixed_float16 for GPU serving. Float32 pins of `policy` are applied again.
+    mixed_float16 for GPU serving. Float32 pins of `policy` are applied again, and
+    under a mixed `policy` so are the per-layer policies `classifier` already has.
     """
     policy = precision.resolve(policy)
     backbone_config = dict(classifier.backbone.get_config(), dtype=policy.name)
@@ -280,6 +281,13 @@ def rebuild(classifier, policy):
         )
     clone.set_weights(classifier.get_weights())
     precision.apply_pins(clone, policy)
+    if policy.name != "float32":  # the source's per-layer pins (e.g. a run's adaptive map)
+        own, carried = classifier.dtype_policy.name, []
+        for path, layer in precision.layer_paths(classifier):  # parents first
+            if (layer.dtype_policy.name != own and not isinstance(layer, keras.Model)
+                    and not any(path.startswith(c + "/") for c in carried)):
+                precision.pin_float32(clone, [path], dtype=layer.dtype_policy.name)
+                carried.append(path)
     return clone
 
 
@@ -318,5 +326,17 @@ def load_model(run_dir):
         # model.keras carries the optimizer of the finished run, which inference does
         # not need; keras-hub's custom compile() makes Keras skip restoring it, noisily.
         warnings.filterwarnings("ignore", message=".*(compile|optimizer).*")
-        return keras.saving.load_model(
+        model = keras.saving.load_model(
             path, safe_mode=True, custom_objects={"BertClassifier": BertClassifier})
+    # keras-hub rebuilds a backbone's layers from its hyperparameters, so per-layer
+    # policies are not in model.keras: the run's config.json holds them.
+    saved = os.path.join(run_dir, "config.json")
+    policy = None
+    if os.path.isfile(saved):
+        with open(saved, encoding="utf-8") as f:
+            policy = json.load(f).get("policy")
+    if policy and policy.get("name") == model.dtype_policy.name:
+        precision.apply_pins(model, precision.Policy(
+            policy["name"], float32_layers=tuple(policy.get("float32_layers") or ()),
+            layer_map=tuple(tuple(r) for r in policy.get("layer_map") or ())))
+    return model

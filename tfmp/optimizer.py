@@ -12,7 +12,7 @@ import keras
 from keras import ops
 from keras.src.utils import tracking
 
-from tfmp import precision
+from tfmp import lossscale, precision
 from tfmp.config import TrainConfig
 from tfmp.errors import TrainingStopped
 
@@ -228,10 +228,12 @@ OVERFLOW_LOG_SIZE = 64
 
 @keras.saving.register_keras_serializable(package="tfmp")
 class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
-    """Keras' dynamic `LossScaleOptimizer`, plus a skipped-step count and a floor.
+    """Keras' `LossScaleOptimizer`, plus a skipped-step count, a floor and scale rules.
 
     A step whose gradients are not all finite is skipped (weights and slots
-    untouched), the scale halves and `skipped_steps` grows by one. Both live in
+    untouched) and `skipped_steps` grows by one; what the scale does then, and after
+    clean steps, is `scaling`'s rule (`tfmp.lossscale`: dynamic, static, hysteresis
+    or delayed; dynamic is Keras' own: halve, double after `dynamic_growth_steps`). Both live in
     `variables`, so checkpoints carry them. When the scale falls below `min_scale`,
     `check_scale()` (called by `tfmp.callbacks.LossScaleGuard` after every batch)
     raises `TrainingStopped` rather than letting training skip every step forever.
@@ -241,6 +243,8 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         initial_scale: float. Starting loss scale.
         dynamic_growth_steps: int. Clean steps after which the scale doubles.
         min_scale: float. Floor below which training stops.
+        scaling: `tfmp.lossscale.LossScaling`, its JSON dict, or None (dynamic with
+            `initial_scale` and `dynamic_growth_steps`).
     """
 
     def __init__(
@@ -250,8 +254,15 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         dynamic_growth_steps=2000,
         min_scale=1.0,
         name=None,
+        scaling=None,
         **kwargs,
     ):
+        if isinstance(scaling, dict):
+            scaling = lossscale.LossScaling(**scaling)
+        scaling = scaling or lossscale.LossScaling(
+            initial_scale=float(initial_scale), growth_steps=int(dynamic_growth_steps))
+        initial_scale = scaling.initial_scale
+        dynamic_growth_steps = scaling.growth_steps
         super().__init__(
             inner_optimizer,
             initial_scale=initial_scale,
@@ -260,6 +271,7 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
             **kwargs,
         )
         self.min_scale = float(min_scale)
+        self.scaling = scaling
         if isinstance(inner_optimizer, AdamW):
             inner_optimizer._summed_by_outer = True
 
@@ -289,12 +301,20 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         self.overflow_scales = self.add_variable(
             shape=(OVERFLOW_LOG_SIZE,), dtype="float32", initializer="zeros",
             aggregation="none", name="overflow_scales")
+        lossscale.build(self, self.scaling)
         super().build(var_list)
+
+    def _stateful_handle_finite_grads(self, grads, trainable_variables):
+        tvs = trainable_variables or self._trainable_variables
+        unscaled = [g if g is None or self._overwrite_variable_with_gradient(v)
+                    else ops.divide(g, self.dynamic_scale) for g, v in zip(grads, tvs)]
+        self.inner_optimizer.apply(unscaled, trainable_variables=trainable_variables)
+        lossscale.on_finite(self, self.scaling, unscaled)
 
     def _stateful_handle_non_finite_grads(self):
         slot = ops.mod(self.skipped_steps, OVERFLOW_LOG_SIZE)
         step = ops.cast(self.iterations, "int64") + self.skipped_steps + 1
-        super()._stateful_handle_non_finite_grads()
+        lossscale.on_overflow(self, self.scaling)
         self.overflow_steps.assign(ops.scatter_update(
             self.overflow_steps, ops.reshape(slot, (1, 1)), ops.reshape(step, (1,))))
         self.overflow_scales.assign(ops.scatter_update(
@@ -318,6 +338,7 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     def get_config(self):
         config = super().get_config()
         config["min_scale"] = self.min_scale
+        config["scaling"] = self.scaling.to_json()
         return config
 
 
@@ -348,12 +369,16 @@ def build_optimizer(policy, total_steps, config=None):
     adamw.exclude_from_weight_decay(var_names=list(NO_DECAY_PATTERNS))
     if not policy.loss_scaling:
         return adamw
-    return LossScaleOptimizer(
-        adamw,
-        initial_scale=config.initial_loss_scale,
-        dynamic_growth_steps=config.dynamic_growth_steps,
-        min_scale=config.min_loss_scale,
-    )
+    return LossScaleOptimizer(adamw, min_scale=config.min_loss_scale,
+                              scaling=loss_scaling(config))
+
+
+def loss_scaling(config):
+    """The `tfmp.lossscale.LossScaling` of `config` (--loss-scale and its settings)."""
+    return lossscale.LossScaling.parse(
+        config.loss_scale, initial_scale=config.initial_loss_scale,
+        growth_steps=config.dynamic_growth_steps, hysteresis=config.loss_scale_hysteresis,
+        window=config.loss_scale_window, margin=config.loss_scale_margin)
 
 
 def global_step(optimizer):

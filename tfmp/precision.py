@@ -18,12 +18,12 @@ facts `auto` decides from (GPUs, CPU flags, a bfloat16 speed probe) are gathered
 
 import contextlib
 import dataclasses
-import re
 
 import keras
 
-from tfmp.errors import PolicyError, UserError
+from tfmp.errors import PolicyError
 from tfmp.hardware import detect_hardware
+from tfmp.layerpaths import layer_paths, pin_float32  # noqa: F401 (the pinning mechanics)
 
 # Policies tfmp trains with. Each keeps float32 variables ("master weights"); only the
 # compute dtype changes.
@@ -82,11 +82,14 @@ class Policy:
         reason: str. Why this policy was chosen, in words (printed and saved).
         float32_layers: tuple of str. Layer names (or path patterns) pinned to
             float32 whatever the policy, e.g. from `tfmp diagnose`.
+        layer_map: tuple of (path, policy name, reason). Per-layer policies chosen by
+            a calibration pass (`tfmp.adaptive`), applied after `float32_layers`.
     """
 
     name: str
     reason: str = ""
     float32_layers: tuple = ()
+    layer_map: tuple = ()
 
     @property
     def loss_scaling(self):
@@ -108,6 +111,7 @@ class Policy:
             "compute_dtype": self.compute_dtype,
             "variable_dtype": self.variable_dtype,
             "float32_layers": list(self.float32_layers),
+            "layer_map": [list(row) for row in self.layer_map],
         }
 
 
@@ -251,87 +255,15 @@ def set_global_policy(policy="auto"):
 # --- Per-layer pins ---
 
 
-def layer_paths(model):
-    """[(path, layer)] for every layer under `model`, depth first, "parent/child" names.
-
-    Built from the layer tree rather than `layer.path`, which keras-hub's layers
-    (created outside a name scope) leave unset or unqualified.
-    """
-    out, seen = [], set()
-
-    def visit(layer, prefix):
-        for child in layer._flatten_layers(include_self=False, recursive=False):
-            if id(child) in seen:  # a functional model's inputs are also its backbone's
-                continue
-            seen.add(id(child))
-            name = _stable_name(child)
-            path = f"{prefix}/{name}" if prefix else name
-            out.append((path, child))
-            visit(child, path)
-
-    visit(model, "")
-    return out
-
-
-def _stable_name(layer):
-    # Keras names a second BertBackbone in a process "bert_backbone_1": drop such an
-    # auto-generated suffix from nested models so pins mean the same in every run.
-    auto = re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower()
-    if isinstance(layer, keras.Model) and re.fullmatch(rf"{auto}(_\d+)?", layer.name):
-        return auto
-    return layer.name
-
-
-def _matches(pattern, path):
-    # Exact path, a parent path (pins everything under it), or a regex on the path.
-    return (path == pattern or path.startswith(pattern + "/")
-            or re.fullmatch(pattern, path) is not None)
-
-
-def pin_float32(model, patterns):
-    """Sets the layers of `model` matching `patterns` to compute in float32.
-
-    Variables are float32 under every mixed policy, so changing a built layer's
-    compute dtype is exact: its inputs are cast to float32 when it is called and the
-    next float16 layer casts its output back. Saved models keep the pins.
-
-    Args:
-        model: a built `keras.Model`.
-        patterns: iterable of str: layer paths (as in `diagnose`'s report), parent
-            paths, or regular expressions matched against the whole path.
-
-    Returns:
-        The paths of the layers pinned.
-
-    Raises:
-        UserError if a pattern is not a valid regular expression or matches no layer.
-    """
-    # config holds the one wording of a bad pattern; TrainConfig.validate checks them up front.
-    from tfmp.config import check_layer_patterns
-
-    patterns = list(patterns)
-    check_layer_patterns(patterns)
-    layers = layer_paths(model)
-    pinned = []
-    for pattern in patterns:
-        hits = [(p, l) for p, l in layers if _matches(pattern, p)]
-        if not hits:
-            raise UserError(
-                f"--float32-layers: {pattern!r} matches no layer of {model.name}. Use a "
-                "path printed by `tfmp diagnose`, e.g. "
-                f"{layers[-1][0] if layers else '<layer path>'!r}.")
-        for path, layer in hits:
-            if layer.compute_dtype != "float32":
-                layer.dtype_policy = keras.DTypePolicy("float32")
-                pinned.append(path)
-    return pinned
-
-
 def apply_pins(model, policy):
-    """Pins `policy.float32_layers` of `model` (nothing under float32). Returns the paths."""
-    if policy.float32_layers and policy.name != "float32":
-        return pin_float32(model, policy.float32_layers)
-    return []
+    """Pins `policy.float32_layers`, then `policy.layer_map`, of `model` (nothing under
+    float32). Returns the paths."""
+    if policy.name == "float32":
+        return []
+    pinned = pin_float32(model, policy.float32_layers) if policy.float32_layers else []
+    for path, name, _ in policy.layer_map:
+        pinned += pin_float32(model, [path], dtype=name)
+    return pinned
 
 
 def needs_float32_pin(entry, scale, margin=DEFAULT_MARGIN, culprit=False):
@@ -346,3 +278,78 @@ def needs_float32_pin(entry, scale, margin=DEFAULT_MARGIN, culprit=False):
         return False
     peak = max(entry["max_abs_activation"] or 0.0, (entry["max_abs_gradient"] or 0.0) / scale)
     return culprit or peak * margin >= FLOAT16_MAX
+
+
+# --- Lost updates ---
+
+# Stored fraction bits of each variable dtype: its unit in the last place at |w| is
+# 2**(floor(log2|w|) - bits). An update below half of it rounds back to w.
+_FRACTION_BITS = {"float32": 23, "float16": 10, "bfloat16": 7, "float64": 52}
+# A variable "has stopped learning" when at least this share of its updates are lost
+# while the learning rate is at least STALL_MIN_LR_SHARE of its peak (the end of a
+# linear decay loses everything, by design).
+STALL_SHARE = 0.9
+STALL_MIN_LR_SHARE = 0.1
+
+
+def half_ulp(values, dtype):
+    """Half a unit in the last place of `values` (a float array) stored in `dtype`."""
+    import numpy as np
+
+    bits = _FRACTION_BITS[str(dtype)]
+    mantissa, exponent = np.frexp(np.abs(np.asarray(values, dtype=np.float32)))
+    # |w| = mantissa * 2**exponent, mantissa in [0.5, 1): floor(log2|w|) = exponent - 1.
+    return np.where(mantissa == 0, 0.0, np.ldexp(1.0, exponent - 2 - bits))
+
+
+# --- Adaptive per-layer precision (the calibration pass is tfmp.adaptive) ---
+
+# A float16 layer with this share of non-zero activations below 2**-24 computes in float32.
+ADAPTIVE_UNDERFLOW_SHARE = 0.05
+ADAPTIVE_UNDERFLOW_MAX = 2.0**-13
+
+
+def pin_scope(path):
+    """The path pinned for a leaf at `path`: its block ("bert_backbone/transformer_layer_3")
+    for a leaf inside one, as the block's residual add (not a layer) overflows with it."""
+    parts = path.split("/")
+    return "/".join(parts[:2]) if len(parts) >= 3 else path
+
+
+def adaptive_choice(entry, scale, bfloat16=False, margin=DEFAULT_MARGIN, culprit=False):
+    """(policy name, reason) for one measured float16 layer, or None to keep float16.
+
+    Range short (activation, or gradient of the unscaled loss, within `margin`x of
+    65504, or the `culprit` where float16 first became non-finite): `mixed_bfloat16` where the hardware has it and few values
+    underflow (bfloat16 has float32's range, 3 fewer significant bits), else float32.
+    Many values below 2**-24: float32.
+    """
+    if entry["compute_dtype"] != "float16":
+        return None
+    act = entry["max_abs_activation"] or 0.0
+    grad = (entry["max_abs_gradient"] or 0.0) / scale
+    under = entry["activation_underflow_share"]
+    if culprit or max(act, grad) * margin >= FLOAT16_MAX:
+        what = (f"max |activation| {act:.3g}" if act >= grad
+                else f"max |gradient| {grad:.3g} (unscaled)")
+        reason = (f"{entry['path']}: {what} is within {margin:g}x of float16's 65504"
+                  if max(act, grad) * margin >= FLOAT16_MAX
+                  else f"{entry['path']}: first non-finite value in float16")
+        if bfloat16 and under < ADAPTIVE_UNDERFLOW_SHARE:
+            return "mixed_bfloat16", reason + "; only range is short, so bfloat16"
+        return "float32", reason
+    # Beside a value above 2**-13, one below 2**-24 is under float16's 11-bit precision
+    # anyway (attention probabilities of padding): only a layer living that low loses.
+    if under >= ADAPTIVE_UNDERFLOW_SHARE and act < ADAPTIVE_UNDERFLOW_MAX:
+        return "float32", (f"{entry['path']}: {under:.1%} of its activations are below "
+                           "2**-24 and flush to zero in float16")
+    return None
+
+
+# --- Lost updates ---
+
+# A variable has stopped learning when this share of its updates are lost (tfmp.lost_updates)
+# at a rate of at least STALL_MIN_LR_SHARE of its peak (a decay's end loses all, by design).
+STALL_SHARE = 0.9
+STALL_MIN_LR_SHARE = 0.1
+

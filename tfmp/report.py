@@ -59,24 +59,34 @@ def _draw_curves(history):
                     epochs = range(1, len(history[key]) + 1)
                     ax.plot(epochs, history[key], marker="o", label=label)
             ax.set_xlabel("epoch")
-            ax.xaxis.get_major_locator().set_params(integer=True)
+            epochs = max([len(history.get(k) or []) for k in (name, f"val_{name}")] + [1])
+            ax.set_xlim(0.5, epochs + 0.5)  # one epoch is a point in the middle, not 0.96-1.04
+            ax.set_xticks(range(1, epochs + 1))
             ax.set_title(name)
             ax.grid(alpha=0.3)
             ax.legend()
     return draw
 
 
-def _draw_loss_scale(scalars, policy_name):
+def _draw_loss_scale(scalars, policy_name, initial=None):
     def draw(fig):
         ax = fig.add_subplot(1, 1, 1)
         scale = scalars.get(callbacks.LOSS_SCALE) or []
+        if scale and initial and min(s for s, _ in scale) > 0:
+            scale = [(0, initial)] + list(scale)  # the scale the run started with
         if not scale:
             ax.text(0.5, 0.5, f"{policy_name}: no loss scale", ha="center", va="center",
                     transform=ax.transAxes)
             ax.set_axis_off()
             return
         steps, values = zip(*sorted(scale))
-        ax.step(steps, values, where="post", label="loss scale")
+        # Held to the last step logged under any tag: a short run logs the scale once or
+        # twice, and a step line through one point draws nothing. Markers at each change.
+        end = max([steps[-1]] + [s for points in scalars.values() for s, _ in points])
+        ax.step(list(steps) + [end], list(values) + [values[-1]], where="post",
+                label="loss scale")
+        ax.plot(steps, values, "o", color="C0", markersize=4)
+        ax.set_xlim(0, max(end, 1) * 1.03)
         skipped = [s for s, _ in scalars.get(callbacks.OVERFLOW) or []]
         if skipped:
             at = dict(scale)
@@ -97,7 +107,11 @@ def _draw_throughput(scalars):
                else callbacks.STEPS_PER_SECOND)
         points = sorted(scalars.get(tag) or [])
         if points:
-            ax.plot(*zip(*points), marker=".")
+            ax.plot(*zip(*points), marker="o", markersize=7 if len(points) < 5 else 4)
+            ax.annotate(f"{points[-1][1]:.1f}", points[-1], textcoords="offset points",
+                        xytext=(0, 8), ha="center")  # a short run logs one or two points
+            ax.set_ylim(0, max(v for _, v in points) * 1.2)
+            ax.set_xlim(0, max(points[-1][0], 1) * 1.05)
         ax.set_xlabel("optimizer step")
         ax.set_title(tag.split("/")[-1].replace("_", " "))
         ax.grid(alpha=0.3)
@@ -132,6 +146,8 @@ def build_report(run_config, metrics, history, scalars, diagnosis=None):
             "final_learning_rate": _last(scalars, callbacks.LEARNING_RATE),
             "final_nominal_learning_rate": _last(scalars, callbacks.NOMINAL_LEARNING_RATE),
             "diagnosis": diagnosis,
+            # --precision-map adaptive: what recovery pinned during training, and its cost.
+            "recoveries": metrics.get("recoveries") or [],
         },
         "speed": {
             "train_seconds": metrics.get("train_seconds"),
@@ -178,6 +194,8 @@ def to_markdown(report):
     ]
     if policy.get("float32_layers"):
         lines.append(f"- Pinned to float32: {', '.join(policy['float32_layers'])}")
+    for path, name, reason in policy.get("layer_map") or []:
+        lines.append(f"- `{path}` computes in {name}: {reason}")
     if p["final_loss_scale"] is None:
         lines.append("- No loss scale under this policy: no step is ever skipped.")
     else:
@@ -193,6 +211,13 @@ def to_markdown(report):
         ]
     if p.get("diagnosis"):
         lines.append(f"- Diagnosis at the first overflow: {diagnose.summary(p['diagnosis'])}")
+    if p.get("recoveries"):
+        lines += ["", "### Recoveries from overflow", "",
+                  "| at step | layers pinned | restored step | steps redone | seconds |",
+                  "| ---: | --- | ---: | ---: | ---: |"]
+        lines += [f"| {r['step']} | {', '.join(f'`{l[0]}` -> {l[1]}' for l in r['layers'])} | "
+                  f"{r['restored_to']} | {r['steps_redone']} | {r['seconds']:.1f} |"
+                  for r in p["recoveries"]]
     lines += [
         "",
         f"![loss scale]({PLOTS['loss_scale']})",
@@ -237,7 +262,9 @@ def write_report(run_dir, run_config, metrics, history, scalars=None, diagnosis=
     report = build_report(run_config, metrics, history, scalars, diagnosis)
     policy_name = (run_config.get("policy") or {}).get("name", "")
     _plot(os.path.join(run_dir, PLOTS["curves"]), _draw_curves(history))
-    _plot(os.path.join(run_dir, PLOTS["loss_scale"]), _draw_loss_scale(scalars, policy_name))
+    initial = (run_config.get("config") or {}).get("initial_loss_scale")
+    _plot(os.path.join(run_dir, PLOTS["loss_scale"]),
+          _draw_loss_scale(scalars, policy_name, initial))
     _plot(os.path.join(run_dir, PLOTS["throughput"]), _draw_throughput(scalars))
     files.write_json(os.path.join(run_dir, "report.json"), report)
     files.write_atomic(os.path.join(run_dir, "report.md"), to_markdown(report))

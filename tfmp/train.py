@@ -30,8 +30,8 @@ import time
 import keras
 import numpy as np
 
-from tfmp import callbacks, checkpoint, data, distribute, files, models, optimizer
-from tfmp import precision, report, rundir, signals
+from tfmp import adaptive, callbacks, checkpoint, data, distribute, files, headroom, lost_updates
+from tfmp import models, optimizer, precision, recovery, report, rundir, signals
 from tfmp.scoring import evaluate
 from tfmp.config import TrainConfig, config_differences, config_hash
 from tfmp.errors import Interrupted, TrainingStopped, UserError
@@ -160,11 +160,13 @@ def _locked(config, point, dist, out, log, verbose):
 def _policy(config, point, dist):
     """The run's `Policy`. `auto` is resolved once, when the run starts: a resumed run
     takes the policy its checkpoint recorded, and every worker takes the chief's."""
+    # The per-layer map (adaptive, recovery) is the checkpoint's: pins are not re-measured.
+    layer_map = tuple(tuple(row) for row in (point.state.get("layer_map") or ())) if point else ()
     if point is not None and config.policy == "auto" and point.state.get("policy"):
         return precision.Policy(
-            point.state["policy"], float32_layers=config.float32_layers,
+            point.state["policy"], float32_layers=config.float32_layers, layer_map=layer_map,
             reason=point.state.get("policy_reason") or "chosen by auto when the run started")
-    policy = precision.resolve(config.policy, float32_layers=config.float32_layers)
+    policy = dataclasses.replace(precision.resolve(config.policy, float32_layers=config.float32_layers), layer_map=layer_map)
     agreed = distribute.from_chief(dist, precision.POLICIES.index(policy.name),
                                    precision.POLICIES)
     if precision.POLICIES[agreed] != policy.name:
@@ -180,6 +182,10 @@ def _train_in_scope(run):
         config.model, num_classes=run.label_map.num_classes, sequence_length=config.seq_len,
         policy=run.policy, dropout=config.dropout)
     timings = {"build the model": time.perf_counter() - clock}
+    if config.precision_map == "adaptive" and not run.resume:
+        run.policy, calibration, timings["calibration"] = adaptive.calibrate(
+            model, data.epoch_dataset(splits.train, config.batch_size, config.seed, 0),
+            run.policy, config.calibration_batches, config.initial_loss_scale, run.log)
     clock = time.perf_counter()
     lengths = data.token_lengths(splits.train.texts, model.preprocessor)
     timings["token lengths (for length grouping)"] = time.perf_counter() - clock
@@ -198,10 +204,12 @@ def _train_in_scope(run):
     if run.dist.num_workers > 1:
         distribute.vectorize_step_logs(model)
     run.log(f"Optimizer: {type(model.optimizer).__name__}" + (
-        " (dynamic loss scale) around AdamW" if run.policy.loss_scaling
-        else " (no loss scaling)"))
+        f" ({optimizer.loss_scaling(config).describe()} loss scale) around AdamW"
+        if run.policy.loss_scaling else " (no loss scaling)"))
 
     staging = rundir.open_staging(run.out, run.dist, resuming=run.resume is not None)
+    if config.precision_map == "adaptive" and not run.resume and run.dist.is_chief:
+        adaptive.write(staging, run.policy, calibration)
     history = {}
     if run.resume:
         checkpoint.restore(model, run.resume.checkpoint, run.resume.state)
@@ -235,7 +243,7 @@ def _train_in_scope(run):
 
 
 def _fit_callbacks(run, staging, history, steps_per_epoch, total_steps, lengths, model):
-    """(monitor, saver, the callbacks for `fit` in order)."""
+    """(monitor, saver, overflow recovery or None, the callbacks for `fit` in order)."""
     config = run.config
 
     def checkpoint_state(epoch_logs=None):
@@ -245,7 +253,7 @@ def _fit_callbacks(run, staging, history, steps_per_epoch, total_steps, lengths,
         step = optimizer.global_step(model.optimizer)
         return {"config": config.to_json(), "config_hash": config_hash(config),
                 "data_sha256": run.data_sha, "seed": config.seed, "policy": run.policy.name,
-                "policy_reason": run.policy.reason,
+                "policy_reason": run.policy.reason, "layer_map": run.policy.layer_map,
                 "steps_per_epoch": steps_per_epoch, "epoch": step // steps_per_epoch,
                 "batch_in_epoch": step % steps_per_epoch, "history": history}
 
@@ -257,13 +265,19 @@ def _fit_callbacks(run, staging, history, steps_per_epoch, total_steps, lengths,
                        if run.policy.loss_scaling else None))
     saver = checkpoint.CheckpointSaver(os.path.join(staging, rundir.CHECKPOINTS),
                                        config.checkpoint_every, checkpoint_state)
-    return monitor, saver, [
+    watcher = recovery.watcher_for(run, saver.root, history, monitor)
+    return monitor, saver, watcher, [
         # First: a signal raised after a step, before that step's other callbacks.
         signals.StopAtBatchEnd(),
         monitor,  # before the guard: the step that stops training is logged
+        *([watcher] if watcher else []),  # before the guard: a burst is recovered
         callbacks.LossScaleGuard(skip_window=config.skip_window,
                                  max_skip_share=config.max_skip_share),
         saver,
+        *([lost_updates.LostUpdateMonitor(logs, config.lost_update_every)]
+          if config.lost_update_every else []),
+        *([headroom.HeadroomImage(logs, monitor.diagnose_data, config.headroom_every)]
+          if config.headroom_every and monitor.diagnose_data is not None else []),
         # update_freq="epoch": with an integer, Keras 3.15 leaves its
         # record_if(batch % update_freq == 0) in force at epoch end and drops
         # the epoch_loss/epoch_accuracy curves. Per-step curves: the monitor.
@@ -284,22 +298,22 @@ def _fit(run, model, staging, history, steps_per_epoch, lengths):
         run.log(f"Resuming from {run.resume.checkpoint}: step {start_step} of "
                 f"{steps_per_epoch * config.epochs} (epoch {position.epoch + 1}, "
                 f"{position.batch} of {steps_per_epoch} batches done).")
-    monitor, saver, fit_callbacks = _fit_callbacks(
+    monitor, saver, watcher, fit_callbacks = _fit_callbacks(
         run, staging, history, steps_per_epoch, steps_per_epoch * config.epochs, lengths, model)
     phases = callbacks.PhaseTimer()
     fit_callbacks.insert(1, phases)  # after StopAtBatchEnd, before the others' work
     start = time.perf_counter()
     try:
         # One fit per epoch, each on that epoch's fixed batch order; a resumed
-        # epoch skips the batches already trained.
-        for epoch in range(position.epoch, config.epochs):
-            skip = position.batch if epoch == position.epoch else 0
+        # epoch skips the batches already trained (and a recovery goes back).
+        def fit_epoch(epoch, skip):
             model.fit(
                 shard(data.epoch_dataset(run.splits.train, config.batch_size, config.seed,
                                          epoch, skip, lengths=lengths,
                                          pool_batches=config.length_pool)),
                 validation_data=val_ds, initial_epoch=epoch, epochs=epoch + 1,
                 shuffle=False, callbacks=fit_callbacks, verbose=run.verbose)
+        recovery.run_epochs(start_step, steps_per_epoch, config.epochs, fit_epoch, watcher)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (tfmp.signals)
         for callback in fit_callbacks:  # TensorBoard's buffered events reach the disk
             if isinstance(callback, (keras.callbacks.TensorBoard, callbacks.TrainingMonitor)):
@@ -329,6 +343,7 @@ def _fit(run, model, staging, history, steps_per_epoch, lengths):
     timings = dict(phases.phases(), checkpoints=saver.seconds)
     timings["other (callbacks, input pipeline, between epochs)"] = seconds - sum(timings.values())
     return {"monitor": monitor, "seconds": seconds, "shard": shard, "timings": timings,
+            "recoveries": watcher.recoveries if watcher else [],
             "steps": optimizer.global_step(model.optimizer) - start_step,
             "start_step": start_step}
 
@@ -351,6 +366,7 @@ def _test_metrics(run, model, fitted):
         / max(fitted["seconds"], 1e-9),
         "optimizer": optimizer.loss_scale_state(model.optimizer),
         "resumed_from_step": fitted["start_step"] if run.resume else None,
+        "recoveries": fitted["recoveries"],
         "strategy": {"name": dist.name, "replicas": dist.num_replicas,
                      "workers": dist.num_workers, "reason": dist.reason},
     }
