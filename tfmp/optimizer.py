@@ -13,6 +13,7 @@ from keras import ops
 from keras.src.utils import tracking
 
 from tfmp import lossscale, precision
+from tfmp.schedule import WarmupLinearDecay
 from tfmp.config import TrainConfig
 from tfmp.errors import TrainingStopped
 
@@ -22,42 +23,6 @@ from tfmp.errors import TrainingStopped
 # Matched by name, not by rank: keras-hub's attention biases are 2-D (heads, head_dim).
 # Keras matches these patterns against `variable.name` ("kernel", "bias", "gamma", ...).
 NO_DECAY_PATTERNS = ("^bias$", "^gamma$", "^beta$")
-
-
-@keras.saving.register_keras_serializable(package="tfmp")
-class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup from 0 to `peak`, then linear decay to `end` at `total_steps`.
-
-    Args:
-        peak: float. Learning rate reached at the end of warmup.
-        total_steps: int. Steps in the whole run (epochs x steps per epoch).
-        warmup_steps: int. Steps of linear warmup.
-        end: float. Learning rate at `total_steps` and after.
-    """
-
-    def __init__(self, peak, total_steps, warmup_steps=0, end=0.0):
-        self.peak = float(peak)
-        self.total_steps = max(int(total_steps), 1)
-        self.warmup_steps = min(max(int(warmup_steps), 0), self.total_steps)
-        self.end = float(end)
-
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
-        warmup = ops.cast(max(self.warmup_steps, 1), "float32")
-        decay_steps = ops.cast(max(self.total_steps - self.warmup_steps, 1), "float32")
-        # `step + 1`: the first update (iteration 0) already gets a non-zero rate.
-        warm = self.peak * (step + 1.0) / warmup
-        progress = ops.clip((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
-        decayed = self.peak + (self.end - self.peak) * progress
-        return ops.where(step < self.warmup_steps, warm, decayed)
-
-    def get_config(self):
-        return {
-            "peak": self.peak,
-            "total_steps": self.total_steps,
-            "warmup_steps": self.warmup_steps,
-            "end": self.end,
-        }
 
 
 @keras.saving.register_keras_serializable(package="tfmp")
