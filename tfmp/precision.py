@@ -20,8 +20,7 @@ import contextlib
 import dataclasses
 import re
 
-import keras
-
+# Keras is imported where it is used: `tfmp predict` reads these decisions without it.
 from tfmp.errors import PolicyError, UserError
 from tfmp.hardware import detect_hardware
 
@@ -94,10 +93,14 @@ class Policy:
 
     @property
     def compute_dtype(self):
+        import keras
+
         return keras.DTypePolicy(self.name).compute_dtype
 
     @property
     def variable_dtype(self):
+        import keras
+
         return keras.DTypePolicy(self.name).variable_dtype
 
     def to_json(self):
@@ -232,6 +235,8 @@ def emulate_float16(policy, hardware=None):
 @contextlib.contextmanager
 def policy_scope(policy):
     """Sets Keras' global policy for the block and restores the previous one after."""
+    import keras
+
     policy = resolve(policy)
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy.name)
@@ -243,6 +248,8 @@ def policy_scope(policy):
 
 def set_global_policy(policy="auto"):
     """Resolves `policy`, sets it as Keras' global policy and returns the `Policy`."""
+    import keras
+
     policy = resolve(policy)
     keras.mixed_precision.set_global_policy(policy.name)
     return policy
@@ -276,6 +283,8 @@ def layer_paths(model):
 def _stable_name(layer):
     # Keras names a second BertBackbone in a process "bert_backbone_1": drop such an
     # auto-generated suffix from nested models so pins mean the same in every run.
+    import keras
+
     auto = re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower()
     if isinstance(layer, keras.Model) and re.fullmatch(rf"{auto}(_\d+)?", layer.name):
         return auto
@@ -307,6 +316,8 @@ def pin_float32(model, patterns):
         UserError if a pattern is not a valid regular expression or matches no layer.
     """
     # config holds the one wording of a bad pattern; TrainConfig.validate checks them up front.
+    import keras
+
     from tfmp.config import check_layer_patterns
 
     patterns = list(patterns)

@@ -21,7 +21,8 @@ import tfmp.export.tflite as tflite
 from tfmp import files, models, precision
 from tfmp.data import TOKEN_KEYS
 from tfmp.errors import UserError
-from tfmp.export.gate import SIZE_REFERENCE, ExportGateError, check_gate
+from tfmp.export.gate import (SIZE_REFERENCE, ExportGateError, check_gate, class_recalls,
+                              recall_drops)
 from tfmp.export.variant import Context, softmax
 
 
@@ -168,6 +169,9 @@ def _export_variant(ctx, evaluation):
     n = len(evaluation.texts)
     probabilities, speed = _timed(variant.read(ctx.path), inputs, n)
     accuracy = float(np.mean(probabilities.argmax(-1) == evaluation.label_ids))
+    recalls = class_recalls(probabilities.argmax(-1), evaluation.label_ids, ctx.label_names)
+    reference = class_recalls(evaluation.reference.argmax(-1), evaluation.label_ids,
+                              ctx.label_names)
     row = {
         "path": variant.path,
         "size_bytes": files.size(ctx.path),
@@ -178,6 +182,8 @@ def _export_variant(ctx, evaluation):
         "accuracy": accuracy,
         "accuracy_drop": evaluation.accuracy - accuracy,
         "examples_per_second": speed,
+        "class_recall": recalls,
+        "class_recall_drop": recall_drops(recalls, reference),
     }
     if variant.measured_with:
         row["measured_with"] = variant.measured_with
