@@ -229,6 +229,8 @@ def _add_predict(sub):
                    help="input format (default: from the file's extension; lines on stdin)")
     p.add_argument("--output", default="-", help="JSONL file, or - for stdout (default: -)")
     p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
+    p.add_argument("--skip-empty", action="store_true",
+                   help="leave empty texts out instead of refusing the input")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_predict)
 

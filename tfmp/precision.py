@@ -357,3 +357,26 @@ def needs_float32_pin(entry, scale, margin=DEFAULT_MARGIN, culprit=False):
         return False
     peak = max(entry["max_abs_activation"] or 0.0, (entry["max_abs_gradient"] or 0.0) / scale)
     return culprit or peak * margin >= FLOAT16_MAX
+
+
+def answer_margin(probabilities):
+    """Top-1 minus top-2 probability of each row [n, classes]: how sure each answer is."""
+    import numpy as np
+
+    ranked = np.sort(np.asarray(probabilities, np.float64), axis=-1)
+    return ranked[:, -1] - ranked[:, -2]
+
+
+def cascade_margin(fast, slow):
+    """Below which answer margin the cascade re-runs an input in float32 (issue 17).
+
+    Chosen on the validation split from the fast (int8) and slow (float32)
+    probabilities: just above the largest int8 margin at which int8's answer differed
+    from float32's there, so every validation disagreement goes to float32 and inputs
+    int8 is surer of stay on int8. Its test agreement is checked by the export gate.
+    """
+    import numpy as np
+
+    margins = answer_margin(fast)
+    differs = np.argmax(fast, -1) != np.argmax(slow, -1)
+    return float(np.nextafter(margins[differs].max(), 2.0)) if differs.any() else 0.0

@@ -27,7 +27,7 @@ ENV = "TF_CPP_MIN_LOG_LEVEL"
 # severity I, W or E: F is a crash and stays), absl's notice before its
 # initialisation, the continuation of the CPU-feature notice, and LiteRT's banner.
 NATIVE_LINE = re.compile(
-    rb"^(?:[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.\-]+:\d+\]"
+    rb"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.\-]+:\d+\]"
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
     rb"|To enable the following instructions: .* rebuild TensorFlow with"
     rb"|INFO: Created TensorFlow Lite .*delegate for CPU)")

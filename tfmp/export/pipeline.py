@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+import tfmp.export.cascade as cascade
 import tfmp.export.huggingface as huggingface
 import tfmp.export.savedmodel as savedmodel
 import tfmp.export.target as exportdir
@@ -49,6 +50,7 @@ REGISTRY = _registry(
     tflite.FP16,
     tflite.INT8,
     huggingface.HF,
+    cascade.CASCADE,
 )
 VARIANTS = tuple(REGISTRY)
 
@@ -239,11 +241,13 @@ def export_classifier(classifier, label_names, texts, label_ids, target, variant
         return write_export(classifier, label_names, texts, label_ids, target, rows, extra)
 
 
-def write_export(classifier, label_names, texts, label_ids, target, rows, extra=None):
+def write_export(classifier, label_names, texts, label_ids, target, rows, extra=None,
+                 calibration=()):
     """`export_classifier` once `target` is claimed (`exportdir.claim`): the work itself.
 
     The export is assembled in a staging directory beside `target` and published
     (fsynced, marked COMPLETE, renamed into place) only when every variant passed.
+    `calibration` holds texts a variant may tune itself on (the validation split).
     """
     float32 = _float32(classifier)
     evaluation, keras_row = _reference(classifier, float32, texts, np.asarray(label_ids))
@@ -257,7 +261,7 @@ def write_export(classifier, label_names, texts, label_ids, target, rows, extra=
     }
     with exportdir.staging(target) as staging:
         ctx = Context(classifier=classifier, float32=float32, label_names=tuple(label_names),
-                      staging=staging, variants=rows)
+                      staging=staging, variants=rows, calibration=tuple(calibration))
         failures = _export_variants(ctx, evaluation, report)
         report["passed"] = not failures
         if failures:

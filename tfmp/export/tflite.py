@@ -20,7 +20,6 @@ import shutil
 import tensorflow as tf
 
 from tfmp import files
-from tfmp.data import TOKEN_KEYS
 from tfmp.errors import UserError
 from tfmp.export.gate import SIZE_REFERENCE, Gate
 from tfmp.export.savedmodel import token_specs
