@@ -190,10 +190,11 @@ def test_stdin_tflite_answers_without_tensorflow_or_keras_in_under_two_seconds(e
     ("in.csv", "id,tweet\n1,great\n", ("--text-column", "text"), "no column 'text'"),
     ("in.jsonl", '{"tweet": "great"}\n', ("--text-column", "text"),
      "line 1 has no 'text' key"),
-    ("in.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00", (), "NUL byte"),
+    ("in.txt", b"\x00\x00\x00\x0cftyp binary", (), "NUL byte"),
+    ("in.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00", (), "line 1 is not UTF-8 text"),
     ("in.txt", b"caf\xe9 great\n", (), "not UTF-8 text"),
     ("in.csv", "id,text\n1,great\n2,\"\"\n", (), "row 3, column 'text', is empty"),
-], ids=["empty-line", "missing-csv-column", "missing-jsonl-key", "binary", "latin-1",
+], ids=["empty-line", "missing-csv-column", "missing-jsonl-key", "binary", "png", "latin-1",
         "empty-csv-field"])
 def test_bad_input_exits_2_naming_what_and_where(name, content, fmt_args, expected, exported,
                                                  tmp_path, capsys):
