@@ -16,6 +16,7 @@ import numpy as np
 
 import tfmp.export.cascade as cascade
 import tfmp.export.huggingface as huggingface
+import tfmp.export.onnx as onnx
 import tfmp.export.savedmodel as savedmodel
 import tfmp.export.target as exportdir
 import tfmp.export.tflite as tflite
@@ -51,6 +52,8 @@ REGISTRY = _registry(
     tflite.INT8,
     huggingface.HF,
     cascade.CASCADE,
+    onnx.FP32,
+    onnx.INT8,
 )
 VARIANTS = tuple(REGISTRY)
 
