@@ -11,8 +11,11 @@ in float64 by the runner). Needs `tf2onnx`, `onnx` and `onnxruntime` (pinned in
 setup.cfg): tf2onnx 1.17.0 runs with TensorFlow 2.21 and protobuf 7.
 """
 
+import contextlib
+import logging
 import os
 import shutil
+import warnings
 
 from tfmp import files
 from tfmp.errors import UserError
@@ -46,19 +49,35 @@ def _write(ctx):
     directory = os.path.dirname(ctx.path)
     fp32 = os.path.join(directory, "model_fp32.onnx")
     length = int(ctx.float32.preprocessor.sequence_length)
-    # One dict of int32 [batch, seq_len] specs: the classifier's own inputs.
-    ctx.float32.export(fp32, format="onnx", input_signature=[token_specs(length)],
-                       verbose=False)
     wanted = {v.name for v in ctx.variants}
-    if "onnx_int8" in wanted:
-        quantization.quantize_dynamic(fp32, os.path.join(directory, "model_int8.onnx"),
-                                      weight_type=quantization.QuantType.QInt8)
+    with _quiet():
+        # One dict of int32 [batch, seq_len] specs: the classifier's own inputs.
+        ctx.float32.export(fp32, format="onnx", input_signature=[token_specs(length)],
+                           verbose=False)
+        if "onnx_int8" in wanted:
+            quantization.quantize_dynamic(fp32, os.path.join(directory, "model_int8.onnx"),
+                                          weight_type=quantization.QuantType.QInt8)
     if "onnx_fp32" not in wanted:
         os.remove(fp32)
     shutil.copy(ctx.vocabulary_file, directory)
     files.write_atomic(os.path.join(directory, "labels.txt"), labels_text(ctx.label_names))
     files.write_json(os.path.join(directory, wordpiece.SETTINGS),
                      wordpiece.settings_of(ctx.float32.preprocessor))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Keras' tf2onnx patch warns about np.object and ONNX Runtime's quantizer suggests
+    pre-processing on the root logger: advice for their developers, not for tfmp's users."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        root.setLevel(level)
 
 
 def read(path):
