@@ -55,8 +55,12 @@ def _write(ctx):
         ctx.float32.export(fp32, format="onnx", input_signature=[token_specs(length)],
                            verbose=False)
         if "onnx_int8" in wanted:
+            # Per channel, as TFLite's int8: per-tensor scales (the default) flipped 4.6%
+            # of the demo's test answers and cost class "positive" 5.1 recall points
+            # (refused by the per-class gate); per channel: 1.2% and under 0.5 points.
             quantization.quantize_dynamic(fp32, os.path.join(directory, "model_int8.onnx"),
-                                          weight_type=quantization.QuantType.QInt8)
+                                          weight_type=quantization.QuantType.QInt8,
+                                          per_channel=True)
     if "onnx_fp32" not in wanted:
         os.remove(fp32)
     shutil.copy(ctx.vocabulary_file, directory)
