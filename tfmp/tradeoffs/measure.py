@@ -70,13 +70,29 @@ def _run(export_dir, variant, texts, out_dir):
         "p50_ms": float(np.percentile(latencies, 50)),
         "p99_ms": float(np.percentile(latencies, 99)),
         "latency_examples": len(latencies),
-        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_memory_mb": _peak_memory_mb(),
         "open_seconds": opened,
         "tensorflow_imported": "tensorflow" in sys.modules,
         "fast_path_share": fast_share,
     }
     with open(os.path.join(out_dir, f"{variant}.json"), "w", encoding="utf-8") as f:
         json.dump(timings, f)
+
+
+def _peak_memory_mb():
+    """This process's peak resident memory in MB (Linux: VmHWM).
+
+    Not `ru_maxrss`: on Linux a child keeps the peak its parent had when it forked, so
+    every worker of a `tfmp tradeoffs` that imported TensorFlow would report that.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":

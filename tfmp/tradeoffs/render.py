@@ -13,9 +13,10 @@ COLUMNS = ("variant", "accuracy", "vs fp32", "macro-F1", "worst class recall", "
 
 
 def _cells(row, excluded):
+    worst = row["worst_class_change_points"]
     return (f"`{row['key']}`", f"{row['accuracy'] * 100:.2f}%",
-            f"{-row['accuracy_drop_points']:+.2f}", f"{row['macro_f1']:.3f}",
-            f"{row['worst_class_change_points']:+.2f} ({row['worst_class']})",
+            f"{0.0 - row['accuracy_drop_points']:+.2f}", f"{row['macro_f1']:.3f}",
+            f"{worst:+.2f} ({row['worst_class']})" if worst < 0 else "none lower",
             str(row["flips"]), f"{row['p50_ms']:.1f}", f"{row['p99_ms']:.1f}",
             f"{row['examples_per_second']:.0f}", f"{row['peak_memory_mb']:.0f}",
             f"{row['size_mb']:.1f}",
