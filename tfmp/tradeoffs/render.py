@@ -71,37 +71,54 @@ def _frontier(points):
     return out
 
 
+MARKERS = "osD^vPX*<>ph"
+
+
 def write_plot(result, path):
+    """Two panels, accuracy against p50 latency and against size; one legend below.
+
+    Variants often tie on accuracy, so each has its own colour and marker in the
+    legend instead of a text label beside a point that others would overlap.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
     rows = result["variants"]
     best = result["recommendation"]["best"]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), constrained_layout=True)
-    for ax, key, label in ((axes[0], "p50_ms", "p50 latency at batch 1 (ms, log scale)"),
-                           (axes[1], "size_mb", "file size (MB, log scale)")):
+    colors = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20").colors
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6.2))
+    for ax, key, label in ((axes[0], "p50_ms", "p50 latency at batch 1, ms (log scale)"),
+                           (axes[1], "size_mb", "file size, MB (log scale)")):
         points = [(r[key], r["accuracy"] * 100) for r in rows]
         frontier = _frontier(points)
-        ax.plot([points[i][0] for i in frontier], [points[i][1] for i in frontier],
-                "--", color="0.6", label="Pareto frontier", zorder=1)
-        for r, (x, y) in zip(rows, points):
+        ax.step([points[i][0] for i in frontier], [points[i][1] for i in frontier],
+                where="post", color="0.6", linestyle="--", zorder=1, label="Pareto frontier")
+        for i, (r, (x, y)) in enumerate(zip(rows, points)):
             chosen = r["key"] == best
-            ax.scatter([x], [y], s=90 if chosen else 45, zorder=3,
-                       color="tab:red" if chosen else "tab:blue",
-                       edgecolor="black" if chosen else "none")
-            ax.annotate(r["key"].split("/")[-1] + (" (recommended)" if chosen else ""),
-                        (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9)
+            ax.scatter([x], [y], s=160 if chosen else 70, marker=MARKERS[i % len(MARKERS)],
+                       color=colors[i % len(colors)], edgecolor="black" if chosen else "none",
+                       linewidth=1.5, zorder=3, label=r["key"] + (" (recommended)" if chosen
+                                                                 else ""))
+            if chosen:
+                ax.annotate("recommended", (x, y), textcoords="offset points",
+                            xytext=(8, -14), fontsize=9, weight="bold")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel("test accuracy, %")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="lower right", fontsize=9)
-    axes[0].set_title("accuracy against latency")
-    axes[1].set_title("accuracy against size")
-    fig.suptitle(f"{', '.join(result['runs'])}: every exported variant "
-                 f"({result['examples']} test examples)")
+    axes[0].set_title("accuracy against latency (up and left is better)")
+    axes[1].set_title("accuracy against size (up and left is better)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9, frameon=False)
+    fig.suptitle(f"{', '.join(result['runs'])}: every exported variant on "
+                 f"{result['examples']} test examples; {result['recommendation']['limits_text']}")
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
