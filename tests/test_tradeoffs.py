@@ -118,3 +118,12 @@ def test_tradeoffs_on_an_export_writes_table_plot_flips_and_a_recommendation(
     assert result["recommendation"]["best"] is not None
     assert (out / "pareto.png").stat().st_size > 10_000
     assert "| variant |" in (out / "tradeoffs.md").read_text()
+
+
+def test_a_class_recall_limit_excludes_the_variant_that_hurts_one_class():
+    rows = [dict(r) for r in ROWS]
+    rows[3]["worst_class_change_points"] = -0.22  # int8 costs "neutral" 0.22 points
+    choice = recommend(rows, Limits(max_class_recall_drop=0.1))
+    assert "recall of 'neutral' 0.22 points below float32 > 0.1" in \
+        choice["excluded"]["demo/tflite_int8"]
+    assert choice["best"] == "demo/cascade_int8_fp32"

@@ -256,7 +256,9 @@ def _add_tradeoffs(sub):
     p.add_argument("--max-latency-ms", type=float, help="p50 latency at batch 1")
     p.add_argument("--max-size-mb", type=float, help="file size in MB (10^6 bytes)")
     p.add_argument("--max-accuracy-drop", type=float,
-                   help="accuracy points below float32 (e.g. 0.5)")
+                   help="accuracy points below float32 (default: 1)")
+    p.add_argument("--max-class-recall-drop", type=float,
+                   help="recall points any one class may lose against float32")
     p.add_argument("--out", help="where to write (default: RUN_DIR/tradeoffs)")
     p.add_argument("--max-examples", type=int, help="measure on this many test examples")
     p.set_defaults(func=_run_tradeoffs)

@@ -131,13 +131,13 @@ def main(args):
 
     if args.max_examples is not None and args.max_examples < 1:
         raise UserError(f"--max-examples must be at least 1, got {args.max_examples}.")
-    for flag in ("max_latency_ms", "max_size_mb", "max_accuracy_drop"):
+    for flag in ("max_latency_ms", "max_size_mb", "max_accuracy_drop", "max_class_recall_drop"):
         value = getattr(args, flag)
         if value is not None and not value >= 0:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 0, got {value}.")
     limits = Limits(args.max_latency_ms, args.max_size_mb,
                     DEFAULT_MAX_ACCURACY_DROP if args.max_accuracy_drop is None
-                    else args.max_accuracy_drop)
+                    else args.max_accuracy_drop, args.max_class_recall_drop)
     out = args.out or os.path.join("tradeoffs", os.path.basename(
         os.path.normpath(args.run_dirs[0])))
     result = compare(args.run_dirs, limits, out, args.max_examples)

@@ -22,11 +22,15 @@ class Limits:
     max_latency_ms: float | None = None  # p50 at batch 1
     max_size_mb: float | None = None  # file size, MB = 10^6 bytes
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP  # points below float32
+    # recall points any one class may lose against float32 (None: no limit)
+    max_class_recall_drop: float | None = None
 
     def describe(self):
         parts = [f"p50 latency <= {self.max_latency_ms:g} ms" if self.max_latency_ms else None,
                  f"size <= {self.max_size_mb:g} MB" if self.max_size_mb else None,
-                 f"accuracy drop <= {self.max_accuracy_drop:g} points"]
+                 f"accuracy drop <= {self.max_accuracy_drop:g} points",
+                 f"class recall drop <= {self.max_class_recall_drop:g} points"
+                 if self.max_class_recall_drop is not None else None]
         return ", ".join(p for p in parts if p)
 
 
@@ -40,6 +44,10 @@ def violations(row, limits):
     if row["accuracy_drop_points"] > limits.max_accuracy_drop:
         out.append(f"accuracy {row['accuracy_drop_points']:.2f} points below float32 > "
                    f"{limits.max_accuracy_drop:g}")
+    drop = -row["worst_class_change_points"]
+    if limits.max_class_recall_drop is not None and drop > limits.max_class_recall_drop:
+        out.append(f"recall of {row['worst_class']!r} {drop:.2f} points below float32 > "
+                   f"{limits.max_class_recall_drop:g}")
     return out
 
 
