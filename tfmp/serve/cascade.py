@@ -40,7 +40,10 @@ class Cascade:
         unsure = np.flatnonzero(precision.answer_margin(probabilities) < self.margin)
         if len(unsure):
             again = {k: np.asarray(v)[unsure] for k, v in features.items()}
-            probabilities[unsure] = self.slow.predict(again, batch_size=batch_size)
+            # One at a time: the float32 interpreter stays allocated at batch 1, where a
+            # new batch size each call (as many as were unsure) would re-plan its tensors
+            # and re-pack XNNPACK's weights every time.
+            probabilities[unsure] = self.slow.predict(again, batch_size=1)
         self.answered += len(probabilities)
         self.on_fast_path += len(probabilities) - len(unsure)
         return probabilities
