@@ -87,9 +87,11 @@ def recommend(rows, limits):
         f"{best['key']} is the fastest within {limits.describe()}: p50 "
         f"{best['p50_ms']:.1f} ms at batch 1, {best['examples_per_second']:.0f} examples/s "
         f"at batch 32, {best['size_mb']:.1f} MB, accuracy {best['accuracy'] * 100:.2f}% "
-        f"({0.0 - best['accuracy_drop_points']:+.2f} points against float32), largest class "
-        f"recall change {best['worst_class_change_points']:+.2f} points "
-        f"({best['worst_class']}), {best['flips']} answers differ from float32.")
+        f"({0.0 - best['accuracy_drop_points']:+.2f} points against float32), "
+        + (f"largest class recall loss {-best['worst_class_change_points']:.2f} points "
+           f"({best['worst_class']})" if best["worst_class_change_points"] < 0
+           else "no class loses recall")
+        + f", {best['flips']} answers differ from float32.")
     if len(within) > 1:
         choice["runner_up"] = within[1]["key"]
         choice["runner_up_cost"] = _cost(best, within[1])
