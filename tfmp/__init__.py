@@ -6,6 +6,7 @@ do not pay for importing it.
 """
 
 import importlib
+import importlib.util
 import sys
 import types
 
@@ -43,6 +44,9 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name):
     if name not in _EXPORTS:
+        # `import tfmp; tfmp.models...` worked when this file imported its submodules.
+        if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+            return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module 'tfmp' has no attribute {name!r}")
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value  # once imported, a plain attribute
