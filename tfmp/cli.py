@@ -4,6 +4,8 @@
     tfmp diagnose   find the layers that overflow float16 (tfmp.diagnose.diagnose)
     tfmp export     SavedModel, TFLite and Hugging Face variants behind a parity gate
     tfmp bench      the benchmark suite of a source checkout (tfmp.bench)
+    tfmp predict    answer texts with any exported variant (tfmp.serve)
+    tfmp tradeoffs  measure every exported variant and recommend one (tfmp.tradeoffs)
 
 The flags of `train` (and the shared ones of `diagnose`) are generated from
 `TrainConfig`'s fields: a setting's name, default and help live in `tfmp.config`.
@@ -21,14 +23,12 @@ import os
 import signal
 import sys
 
-# Before TensorFlow is first imported (by the modules below): no C++ start-up noise.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from tfmp import bench, data, diagnose, distribute, export, files, models, precision  # noqa: E402
-from tfmp.config import TrainConfig  # noqa: E402
-from tfmp.errors import Interrupted, TrainingStopped, UserError  # noqa: E402
-from tfmp.rundir import resume_point  # noqa: E402
-from tfmp.train import train  # noqa: E402
+# Only modules that do not import TensorFlow are imported here: each command imports
+# what it needs when it runs, after `quiet.start` (TensorFlow's C++ start-up lines),
+# and `tfmp predict` on a TFLite variant never imports it.
+from tfmp import bench, distribute, precision, quiet
+from tfmp.config import TrainConfig
+from tfmp.errors import Interrupted, TrainingStopped, UserError
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # Choices that come from the modules that decide them.
@@ -101,6 +101,9 @@ def _add_train(sub):
 
 
 def _run_train(args):
+    from tfmp.rundir import resume_point
+    from tfmp.train import train
+
     values = values_given(args)
     verbose = 0 if args.quiet else 1
     if args.resume:
@@ -144,6 +147,8 @@ def _add_diagnose(sub):
 
 
 def _run_diagnose(args):
+    from tfmp import data, diagnose, files, models
+
     config = TrainConfig(**values_given(args, defaults=DIAGNOSE_DEFAULTS))
     config.validate()
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
@@ -179,12 +184,15 @@ def _add_export(sub):
     p.add_argument("--max-examples", type=int,
                    help="check the gate on this many test examples (default: all)")
     p.add_argument("--variants", type=_comma_list,
-                   help=f"comma-separated subset of {','.join(export.VARIANTS)}")
+                   help="comma-separated subset of the variants (default: all; an "
+                   "unknown name lists them)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
     p.set_defaults(func=_run_export)
 
 
 def _run_export(args):
+    from tfmp import export
+
     report = export.export(args.run_dir, args.out_root, args.name, args.max_examples,
                            list(args.variants) if args.variants else None, args.overwrite)
     print(export.format_table(report))
@@ -202,6 +210,67 @@ def _add_bench(sub):
     p.set_defaults(func=lambda args: bench.main(args.bench_argv))
 
 
+# --- tfmp predict ---
+
+
+def _add_predict(sub):
+    p = sub.add_parser(
+        "predict", help="classify texts with an exported variant",
+        description="Answer texts with one exported variant, one JSON line per text "
+        "(its row, label and probabilities), streamed. TFLite and ONNX variants run "
+        "without TensorFlow.")
+    p.add_argument("path", help="an export directory (`tfmp export`) or a finished run")
+    p.add_argument("--variant", help="an exported variant (default: the fastest that "
+                   "passed its gate in export_report.json)")
+    p.add_argument("--input", default="-", help="text file, .csv/.tsv/.jsonl, or - for "
+                   "stdin (default: -); plain text is one text per line")
+    p.add_argument("--text-column", help="the text column of a CSV/TSV/JSONL input "
+                   "(default: text)")
+    p.add_argument("--format", choices=("lines", "csv", "tsv", "jsonl"),
+                   help="input format (default: from the file's extension; lines on stdin)")
+    p.add_argument("--output", default="-", help="JSONL file, or - for stdout (default: -)")
+    p.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s)")
+    p.add_argument("--skip-empty", action="store_true",
+                   help="leave empty texts out instead of refusing the input")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args):
+    from tfmp.serve import predict
+
+    return predict.main(args)
+
+
+# --- tfmp tradeoffs ---
+
+
+def _add_tradeoffs(sub):
+    p = sub.add_parser(
+        "tradeoffs", help="measure every exported variant and recommend one",
+        description="Measure every exported variant of the given runs on their test "
+        "split (accuracy, macro-F1, per-class recall against float32, flipped examples, "
+        "latency, throughput, memory, size), write tradeoffs.json/.md and a Pareto plot, "
+        "and recommend the best variant under the limits.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="finished runs (or their exports) whose variants to compare")
+    p.add_argument("--max-latency-ms", type=float, help="p50 latency at batch 1")
+    p.add_argument("--max-size-mb", type=float, help="file size in MB (10^6 bytes)")
+    p.add_argument("--max-accuracy-drop", type=float,
+                   help="accuracy points below float32 (default: 1)")
+    p.add_argument("--max-class-recall-drop", type=float,
+                   help="recall points any one class may lose against float32")
+    p.add_argument("--out", help="where to write (default: RUN_DIR/tradeoffs)")
+    p.add_argument("--max-examples", type=int, help="measure on this many test examples")
+    p.set_defaults(func=_run_tradeoffs)
+
+
+def _run_tradeoffs(args):
+    from tfmp import tradeoffs
+
+    return tradeoffs.main(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="tfmp", description="Mixed-precision fine-tuning of BERT text classifiers.")
@@ -210,12 +279,19 @@ def build_parser():
     _add_diagnose(sub)
     _add_export(sub)
     _add_bench(sub)
+    _add_predict(sub)
+    _add_tradeoffs(sub)
+    for command in sub.choices.values():
+        command.add_argument("--verbose", action="store_true", default=False,
+                             help="show TensorFlow's C++ start-up lines (hidden unless "
+                             "this or TF_CPP_MIN_LOG_LEVEL is given)")
     return parser
 
 
 def main(argv=None):
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # exits with 2 on bad usage
+    quiet.start(verbose=args.verbose)  # before any command imports TensorFlow
     if args.command == "bench":
         args.bench_argv = extra
     elif extra:

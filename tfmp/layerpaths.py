@@ -9,8 +9,7 @@ both); this module only names layers and sets their policies.
 
 import re
 
-import keras
-
+# Keras is imported where it is used: `tfmp predict` imports tfmp.precision without it.
 from tfmp.errors import UserError
 
 
@@ -39,6 +38,8 @@ def layer_paths(model):
 def _stable_name(layer):
     # Keras names a second BertBackbone in a process "bert_backbone_1": drop such an
     # auto-generated suffix from nested models so pins mean the same in every run.
+    import keras
+
     auto = re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower()
     if isinstance(layer, keras.Model) and re.fullmatch(rf"{auto}(_\d+)?", layer.name):
         return auto
@@ -70,6 +71,8 @@ def pin_float32(model, patterns, dtype="float32"):
         UserError if a pattern is not a valid regular expression or matches no layer.
     """
     # config holds the one wording of a bad pattern; TrainConfig.validate checks them up front.
+    import keras
+
     from tfmp.config import check_layer_patterns
 
     patterns = list(patterns)

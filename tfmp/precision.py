@@ -19,8 +19,7 @@ facts `auto` decides from (GPUs, CPU flags, a bfloat16 speed probe) are gathered
 import contextlib
 import dataclasses
 
-import keras
-
+# Keras is imported where it is used: `tfmp predict` reads these decisions without it.
 from tfmp.errors import PolicyError
 from tfmp.hardware import detect_hardware
 from tfmp.layerpaths import layer_paths, pin_float32  # noqa: F401 (the pinning mechanics)
@@ -97,10 +96,14 @@ class Policy:
 
     @property
     def compute_dtype(self):
+        import keras
+
         return keras.DTypePolicy(self.name).compute_dtype
 
     @property
     def variable_dtype(self):
+        import keras
+
         return keras.DTypePolicy(self.name).variable_dtype
 
     def to_json(self):
@@ -236,6 +239,8 @@ def emulate_float16(policy, hardware=None):
 @contextlib.contextmanager
 def policy_scope(policy):
     """Sets Keras' global policy for the block and restores the previous one after."""
+    import keras
+
     policy = resolve(policy)
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy.name)
@@ -247,6 +252,8 @@ def policy_scope(policy):
 
 def set_global_policy(policy="auto"):
     """Resolves `policy`, sets it as Keras' global policy and returns the `Policy`."""
+    import keras
+
     policy = resolve(policy)
     keras.mixed_precision.set_global_policy(policy.name)
     return policy
@@ -353,3 +360,25 @@ def adaptive_choice(entry, scale, bfloat16=False, margin=DEFAULT_MARGIN, culprit
 STALL_SHARE = 0.9
 STALL_MIN_LR_SHARE = 0.1
 
+
+def answer_margin(probabilities):
+    """Top-1 minus top-2 probability of each row [n, classes]: how sure each answer is."""
+    import numpy as np
+
+    ranked = np.sort(np.asarray(probabilities, np.float64), axis=-1)
+    return ranked[:, -1] - ranked[:, -2]
+
+
+def cascade_margin(fast, slow):
+    """Below which answer margin the cascade re-runs an input in float32 (issue 17).
+
+    Chosen on the validation split from the fast (int8) and slow (float32)
+    probabilities: just above the largest int8 margin at which int8's answer differed
+    from float32's there, so every validation disagreement goes to float32 and inputs
+    int8 is surer of stay on int8. Its test agreement is checked by the export gate.
+    """
+    import numpy as np
+
+    margins = answer_margin(fast)
+    differs = np.argmax(fast, -1) != np.argmax(slow, -1)
+    return float(np.nextafter(margins[differs].max(), 2.0)) if differs.any() else 0.0

@@ -81,7 +81,8 @@ def export(run_dir, out_root="saved_models", name=None, max_examples=None, varia
         if not isinstance(run_config, dict) or not isinstance(run_config.get("config"), dict):
             raise InputError(f"{config_path}: not a tfmp run config (no \"config\" object). "
                              "Restore the run's config.json, or train the run again.")
-        split, source = testsplit.rebuild(run_dir, run_config, label_map.names)
+        splits, source = testsplit.rebuild_splits(run_dir, run_config, label_map.names)
+        split = splits.test
         if not len(split):
             raise UserError(f"The run in '{run_dir}' has an empty test split; train with "
                             "--test-fraction above 0 to export it.")
@@ -90,7 +91,8 @@ def export(run_dir, out_root="saved_models", name=None, max_examples=None, varia
                  "data": {"path": source, "sha256": recorded.get("sha256")}}
         return pipeline.write_export(
             models.load_model(run_dir), label_map.names, list(split.texts[:max_examples]),
-            split.label_ids[:max_examples], target, rows, extra)
+            split.label_ids[:max_examples], target, rows, extra,
+            calibration=tuple(splits.validation.texts))
 
 
 def format_table(report):

@@ -20,6 +20,10 @@ SIZE_REFERENCE = "tflite_fp32"
 # Under this tflite_fp32 size the flatbuffer's graph, not its weights, sets the file
 # size, so a size ratio says nothing about quantization and is not gated.
 SIZE_GATE_MIN_BYTES = 1 << 20
+# Every gate refuses a variant under which any class's recall falls more than this
+# (2 points) below the float32 Keras model's: quantization can hurt one class far
+# more than overall accuracy shows.
+MAX_CLASS_RECALL_DROP = 0.02
 
 
 class ExportGateError(UserError):
@@ -34,6 +38,24 @@ class Gate:
     max_probability_difference: float | None = None  # largest |p - p_keras|
     max_accuracy_drop: float | None = None  # accuracy points (as a fraction) lost
     max_size_ratio: float | None = None  # file size / tflite_fp32 file size
+    # recall points (as a fraction) any one class may lose against the Keras model
+    max_class_recall_drop: float | None = MAX_CLASS_RECALL_DROP
+
+
+def class_recalls(predicted, label_ids, label_names):
+    """{class name: recall} of argmaxes `predicted` against `label_ids` (None: no examples)."""
+    predicted, label_ids = np.asarray(predicted), np.asarray(label_ids)
+    out = {}
+    for class_id, name in enumerate(label_names):
+        members = label_ids == class_id
+        out[name] = float(np.mean(predicted[members] == class_id)) if members.any() else None
+    return out
+
+
+def recall_drops(recalls, reference):
+    """{class name: reference recall - recall}, for classes with examples."""
+    return {name: reference[name] - r for name, r in recalls.items()
+            if r is not None and reference.get(name) is not None}
 
 
 def check_gate(name, row, gate, fp32_size):
@@ -51,6 +73,15 @@ def check_gate(name, row, gate, fp32_size):
     if gate.max_accuracy_drop is not None and not row["accuracy_drop"] <= gate.max_accuracy_drop:
         failures.append(f"accuracy {row['accuracy_drop'] * 100:.2f} points below Keras "
                         f"(at most {gate.max_accuracy_drop * 100:.2f} allowed)")
+    drops = row.get("class_recall_drop") or {}
+    if gate.max_class_recall_drop is not None:
+        for label, drop in sorted(drops.items(), key=lambda kv: -kv[1]):
+            # 1e-9: recalls are ratios, so "exactly 2 points" may round to just above.
+            if not drop <= gate.max_class_recall_drop + 1e-9:
+                failures.append(
+                    f"recall of class {label!r} {drop * 100:.2f} points below Keras "
+                    f"({row['class_recall'][label]:.4f}; at most "
+                    f"{gate.max_class_recall_drop * 100:.2f} allowed)")
     if gate.max_size_ratio is not None:
         row["size_ratio"] = row["size_bytes"] / fp32_size
         if fp32_size < SIZE_GATE_MIN_BYTES:

@@ -14,14 +14,17 @@ import time
 
 import numpy as np
 
+import tfmp.export.cascade as cascade
 import tfmp.export.huggingface as huggingface
+import tfmp.export.onnx as onnx
 import tfmp.export.savedmodel as savedmodel
 import tfmp.export.target as exportdir
 import tfmp.export.tflite as tflite
 from tfmp import files, models, precision
 from tfmp.data import TOKEN_KEYS
 from tfmp.errors import UserError
-from tfmp.export.gate import SIZE_REFERENCE, ExportGateError, check_gate
+from tfmp.export.gate import (SIZE_REFERENCE, ExportGateError, check_gate, class_recalls,
+                              recall_drops)
 from tfmp.export.variant import Context, softmax
 
 
@@ -48,6 +51,9 @@ REGISTRY = _registry(
     tflite.FP16,
     tflite.INT8,
     huggingface.HF,
+    cascade.CASCADE,
+    onnx.FP32,
+    onnx.INT8,
 )
 VARIANTS = tuple(REGISTRY)
 
@@ -168,6 +174,9 @@ def _export_variant(ctx, evaluation):
     n = len(evaluation.texts)
     probabilities, speed = _timed(variant.read(ctx.path), inputs, n)
     accuracy = float(np.mean(probabilities.argmax(-1) == evaluation.label_ids))
+    recalls = class_recalls(probabilities.argmax(-1), evaluation.label_ids, ctx.label_names)
+    reference = class_recalls(evaluation.reference.argmax(-1), evaluation.label_ids,
+                              ctx.label_names)
     row = {
         "path": variant.path,
         "size_bytes": files.size(ctx.path),
@@ -178,6 +187,8 @@ def _export_variant(ctx, evaluation):
         "accuracy": accuracy,
         "accuracy_drop": evaluation.accuracy - accuracy,
         "examples_per_second": speed,
+        "class_recall": recalls,
+        "class_recall_drop": recall_drops(recalls, reference),
     }
     if variant.measured_with:
         row["measured_with"] = variant.measured_with
@@ -233,11 +244,13 @@ def export_classifier(classifier, label_names, texts, label_ids, target, variant
         return write_export(classifier, label_names, texts, label_ids, target, rows, extra)
 
 
-def write_export(classifier, label_names, texts, label_ids, target, rows, extra=None):
+def write_export(classifier, label_names, texts, label_ids, target, rows, extra=None,
+                 calibration=()):
     """`export_classifier` once `target` is claimed (`exportdir.claim`): the work itself.
 
     The export is assembled in a staging directory beside `target` and published
     (fsynced, marked COMPLETE, renamed into place) only when every variant passed.
+    `calibration` holds texts a variant may tune itself on (the validation split).
     """
     float32 = _float32(classifier)
     evaluation, keras_row = _reference(classifier, float32, texts, np.asarray(label_ids))
@@ -251,7 +264,7 @@ def write_export(classifier, label_names, texts, label_ids, target, rows, extra=
     }
     with exportdir.staging(target) as staging:
         ctx = Context(classifier=classifier, float32=float32, label_names=tuple(label_names),
-                      staging=staging, variants=rows)
+                      staging=staging, variants=rows, calibration=tuple(calibration))
         failures = _export_variants(ctx, evaluation, report)
         report["passed"] = not failures
         if failures:

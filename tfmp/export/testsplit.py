@@ -25,7 +25,13 @@ RECORDED = ("path", "sha256", "test_indices")
 
 
 def rebuild(run_dir, run_config, label_names):
-    """(the run's test split, the data source it came from); `InputError` if it is not.
+    """(the run's test split, the data source it came from); `InputError` if it is not."""
+    splits, source = rebuild_splits(run_dir, run_config, label_names)
+    return splits.test, source
+
+
+def rebuild_splits(run_dir, run_config, label_names):
+    """(the run's splits, its data source), the test split verified (see `rebuild`).
 
     Args:
         run_dir: str. The run directory (for messages).
@@ -53,7 +59,7 @@ def rebuild(run_dir, run_config, label_names):
             "trained on.")
     if "test_indices" in recorded:
         _check_indices(run_dir, source, recorded, splits.test)
-    return splits.test, source
+    return splits, source
 
 
 def _verified_source(run_dir, given, recorded):

@@ -1,7 +1,7 @@
 """A float32 classifier as TFLite flatbuffers, and a runner for them.
 
     write_tflite(classifier, {"fp32": "tflite/model_fp32.tflite", "int8": "tflite/model_int8.tflite"})
-    probabilities = TFLiteClassifier("tflite/model_int8.tflite").predict(features)
+    probabilities = TFLiteClassifier("tflite/model_int8.tflite").predict(features)  # serve.litert
 
 Inputs are `token_ids`, `padding_mask`, `segment_ids` (int32 [batch, seq_len], the
 preprocessor's output: TFLite has no tensorflow-text ops, so the app tokenizes with
@@ -10,21 +10,22 @@ the `vocab.txt` beside the model); the output is `probabilities` (float32
 to the one the model was trained with.
 
 Three export variants, `tflite_fp32`, `tflite_fp16` and `tflite_int8`, written
-together into `tflite/` with `vocab.txt` and `labels.txt`.
+together into `tflite/` with `vocab.txt`, `labels.txt` and `tokenizer.json` (the
+tokenizer's settings, so `tfmp predict` tokenizes as the graph does without TensorFlow).
 """
 
 import os
 import shutil
 
-import numpy as np
 import tensorflow as tf
 
 from tfmp import files
-from tfmp.data import TOKEN_KEYS
 from tfmp.errors import UserError
 from tfmp.export.gate import SIZE_REFERENCE, Gate
 from tfmp.export.savedmodel import token_specs
 from tfmp.export.variant import Variant
+from tfmp.serve import wordpiece
+from tfmp.serve.litert import TFLiteClassifier  # noqa: F401  (re-exported)
 
 # Every character str.splitlines() ends a line at: a label name holding one would
 # shift every later class by a line in labels.txt.
@@ -73,52 +74,6 @@ def write_tflite(classifier, paths):
     return paths
 
 
-class TFLiteClassifier:
-    """Runs an exported `.tflite` file with ai-edge-litert's interpreter.
-
-    Args:
-        path: str. The `.tflite` file.
-        num_threads: int or None. Interpreter threads (None: the runtime's default).
-    """
-
-    def __init__(self, path, num_threads=None):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self._interpreter = Interpreter(model_path=path, num_threads=num_threads)
-        self._inputs = {}
-        for detail in self._interpreter.get_input_details():
-            key = next((k for k in TOKEN_KEYS if k in detail["name"]), None)
-            if key is None:
-                raise ValueError(f"{path}: unexpected input {detail['name']!r}")
-            self._inputs[key] = detail
-        self._output = self._interpreter.get_output_details()[0]
-        self._batch = None
-
-    def _resize(self, batch):
-        if batch == self._batch:
-            return
-        for detail in self._inputs.values():
-            self._interpreter.resize_tensor_input(
-                detail["index"], [batch, detail["shape_signature"][1]]
-            )
-        self._interpreter.allocate_tensors()
-        self._batch = batch
-
-    def predict(self, features, batch_size=32):
-        """float32 [n, num_classes] probabilities of int32 [n, seq_len] token arrays."""
-        n = len(features["token_ids"])
-        outputs = []
-        for start in range(0, n, batch_size):
-            chunk = {k: np.asarray(features[k][start:start + batch_size], np.int32)
-                     for k in TOKEN_KEYS}
-            self._resize(len(chunk["token_ids"]))
-            for key, detail in self._inputs.items():
-                self._interpreter.set_tensor(detail["index"], chunk[key])
-            self._interpreter.invoke()
-            outputs.append(self._interpreter.get_tensor(self._output["index"]).copy())
-        return np.concatenate(outputs)
-
-
 def check_label_names(label_names):
     """Refuses (`UserError`, a `ValueError`) names labels.txt cannot hold, one name per line."""
     for class_id, name in enumerate(label_names):
@@ -157,6 +112,9 @@ def _write(ctx):
     directory = os.path.dirname(ctx.path)
     shutil.copy(ctx.vocabulary_file, directory)
     files.write_atomic(os.path.join(directory, "labels.txt"), labels_text(ctx.label_names))
+    # How to tokenize as the graph does, for `tfmp predict` without TensorFlow.
+    files.write_json(os.path.join(directory, wordpiece.SETTINGS),
+                     wordpiece.settings_of(ctx.float32.preprocessor))
 
 
 def _variant(quantization, gate):

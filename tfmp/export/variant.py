@@ -54,6 +54,7 @@ class Context:
     staging: str  # the hidden directory the export is assembled in
     variants: tuple  # every `Variant` of this export, in export order
     variant: Variant | None = None  # the one being written
+    calibration: tuple = ()  # texts a variant may tune itself on (the validation split)
 
     @property
     def path(self):
