@@ -10,9 +10,11 @@ from tfmp.precision import Policy, policy_scope, resolve, set_global_policy
 from tfmp.config import TrainConfig
 from tfmp.scoring import evaluate
 from tfmp.train import compile_classifier, train
+from tfmp.compress import CompressConfig, compress
 
 __all__ = [
     "BertClassifier",
+    "CompressConfig",
     "InputError",
     "LabelMap",
     "LossScaleOptimizer",
@@ -24,6 +26,7 @@ __all__ = [
     "WarmupLinearDecay",
     "build_optimizer",
     "compile_classifier",
+    "compress",
     "evaluate",
     "load_classifier",
     "load_examples",

@@ -46,7 +46,16 @@ FLOAT32_ISLANDS = {
     "served softmax": "export.savedmodel and export.tflite: probabilities are a float32 "
                       "softmax of the logits whatever the compute dtype",
     "diagnosis loss": "diagnose: the probed loss is computed on float32 logits",
+    "distillation loss": "compress.distil: the soft targets' softmax, KL and cross-entropy "
+                         "are computed on float32 logits (the teacher's are float32 too)",
 }
+
+# Compression (tfmp.compress) runs the teacher for two things only, once each: the
+# importance scores and the logits the student is distilled from. Both are computed
+# under float32 whatever the teacher was trained under: the cost is paid once, and
+# soft targets and Taylor scores (products of small gradients) are where 8 bits of
+# bfloat16 mantissa would show. The student trains under the teacher run's policy.
+TEACHER_POLICY = "float32"
 
 # What to do when float16 keeps overflowing: the guards, the loss-scale floor and the
 # skip warning all say it in these words.

@@ -76,6 +76,9 @@ class _Run:
     resume: rundir.ResumePoint | None
     log: object
     verbose: int
+    # Builds and prepares the model instead of `load_classifier` (tfmp.compress).
+    source: object = None
+    extra_callbacks: tuple = ()
 
 
 def _config_to_run(config, resume):
@@ -97,7 +100,7 @@ def _config_to_run(config, resume):
     return dataclasses.replace(config or point.config, out=point.out), point
 
 
-def train(config=None, verbose=1, resume=None):
+def train(config=None, verbose=1, resume=None, source=None):
     """Runs one fine-tune and writes its run directory. Returns a `RunResult`.
 
     Args:
@@ -108,6 +111,10 @@ def train(config=None, verbose=1, resume=None):
         resume: None, or the `--out` (or `<out>.partial`) of an interrupted run: it
             continues from its newest intact checkpoint and ends where an
             uninterrupted run would have.
+        source: None, or what builds the model instead of `models.load_classifier`:
+            `build(run)` -> classifier, `prepare(model, run)` -> extra callbacks (after
+            compiling), and `record`, a JSON dict kept in checkpoints and config.json
+            (`tfmp.compress`).
     """
     log = print if verbose else (lambda *a, **k: None)
     config, point = _config_to_run(config, resume)
@@ -126,17 +133,20 @@ def train(config=None, verbose=1, resume=None):
         lock.acquire()
     try:
         with signals.interruptible():
-            return _locked(config, point, dist, out, log, verbose)
+            return _locked(config, point, dist, out, log, verbose, source)
     finally:
         lock.release()
 
 
-def _locked(config, point, dist, out, log, verbose):
+def _locked(config, point, dist, out, log, verbose, source=None):
     """`train` from the lock on: resume point, policy, data, then the run in scope."""
     if point is None:
         point = rundir.continue_interrupted(config, out, log)
         if point:
             config = dataclasses.replace(config, out=point.out)
+    if point and point.state.get("model_source") and source is None:
+        raise UserError(f"'{out}' is an interrupted `tfmp compress` run: resume it by running "
+                        "the same `tfmp compress` command again.")
     policy = _policy(config, point, dist)
     log(f"Precision policy: {policy.name} ({policy.reason})")
     data_sha = checkpoint.file_fingerprint(config.data)
@@ -149,7 +159,7 @@ def _locked(config, point, dist, out, log, verbose):
             f"{examples.source}: the training split has {len(splits.train)} examples, fewer "
             f"than one batch of {config.batch_size}. Lower --batch-size or add examples.")
     run = _Run(config, dist, policy, out, data_sha, examples, label_map, splits, point,
-               log, verbose)
+               log, verbose, source)
     keras.utils.set_random_seed(config.seed)
     # Everything from here on runs in the strategy's scope: the model's variables,
     # and the optimizer's (built lazily by fit, save or restore), are mirrored.
@@ -176,7 +186,7 @@ def _policy(config, point, dist):
 def _train_in_scope(run):
     config, splits = run.config, run.splits
     clock = time.perf_counter()
-    model = models.load_classifier(
+    model = run.source.build(run) if run.source else models.load_classifier(
         config.model, num_classes=run.label_map.num_classes, sequence_length=config.seq_len,
         policy=run.policy, dropout=config.dropout)
     timings = {"build the model": time.perf_counter() - clock}
@@ -193,6 +203,8 @@ def _train_in_scope(run):
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     compile_classifier(model, run.policy, total_steps, config)
+    if run.source:
+        run.extra_callbacks = tuple(run.source.prepare(model, run))
     if run.dist.num_replicas > 1:  # workarounds for Keras 3.15, see tfmp.distribute
         distribute.build_from_first_replica(model)
     if run.dist.num_workers > 1:
@@ -247,7 +259,8 @@ def _fit_callbacks(run, staging, history, steps_per_epoch, total_steps, lengths,
                 "data_sha256": run.data_sha, "seed": config.seed, "policy": run.policy.name,
                 "policy_reason": run.policy.reason,
                 "steps_per_epoch": steps_per_epoch, "epoch": step // steps_per_epoch,
-                "batch_in_epoch": step % steps_per_epoch, "history": history}
+                "batch_in_epoch": step % steps_per_epoch, "history": history,
+                "model_source": run.source.record if run.source else None}
 
     logs = os.path.join(staging, rundir.LOGS)
     monitor = callbacks.TrainingMonitor(
@@ -288,6 +301,7 @@ def _fit(run, model, staging, history, steps_per_epoch, lengths):
         run, staging, history, steps_per_epoch, steps_per_epoch * config.epochs, lengths, model)
     phases = callbacks.PhaseTimer()
     fit_callbacks.insert(1, phases)  # after StopAtBatchEnd, before the others' work
+    fit_callbacks[2:2] = run.extra_callbacks  # after a step, before it is logged or saved
     start = time.perf_counter()
     try:
         # One fit per epoch, each on that epoch's fixed batch order; a resumed
@@ -381,4 +395,5 @@ def _run_config(run, model, total_steps, steps_per_epoch, truncated):
                             for k in ("train", "validation", "test")}},
         "versions": rundir.versions(),
         "command": rundir.command_line(),
+        "compress": run.source.record if run.source else None,
     }
