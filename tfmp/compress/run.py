@@ -21,7 +21,9 @@ import json
 import os
 
 from tfmp import files, models, precision, rundir
-from tfmp.compress import distil, importance, sparsity
+import tfmp.compress.distil as distil
+import tfmp.compress.importance as importance
+import tfmp.compress.sparsity as sparsity
 from tfmp.compress.options import CompressConfig
 from tfmp.compress.prune import Plan, build_student, depth_layers
 from tfmp.config import TrainConfig
