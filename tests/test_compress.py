@@ -206,10 +206,22 @@ def test_a_compressed_run_is_a_run_directory_that_exports(float32_run, tmp_path,
     student = models.load_model(str(out))
     assert student.backbone.num_layers == 1 and student.backbone.num_heads == 1
     code = cli.main(["export", str(out), "--out-root", str(tmp_path / "exports"),
-                     "--variants", "savedmodel_fp32,tflite_fp32", "--max-examples", "16"])
+                     "--variants", "savedmodel_fp32,tflite_fp32,savedmodel_fp16w,keras_fp16w",
+                     "--max-examples", "16"])
     assert code == 0, capsys.readouterr().err
-    report = json.loads((tmp_path / "exports" / "student" / "export_report.json").read_text())
-    assert all(v["gate"]["passed"] for v in report["variants"].values()), report
+    exported = tmp_path / "exports" / "student"
+    report = json.loads((exported / "export_report.json").read_text())
+    assert report["passed"] and all(v["passed"] for v in report["variants"].values()), report
+    # float16 variables: half the bytes of the float32 ones (5% for the index and names).
+    def variables(savedmodel):
+        return sum(p.stat().st_size for p in (savedmodel / "variables").glob("variables.data*"))
+    ratio = variables(exported / "fp16_weights" / "serving" / "1") / variables(
+        exported / "serving" / "1")
+    assert 0.45 <= ratio <= 0.55, ratio
+    # The Hugging Face format has no pruned heads: refused, with what to do instead.
+    code = cli.main(["export", str(out), "--out-root", str(tmp_path / "hf"), "--variants", "hf"])
+    assert code == 2 and "--variants" in capsys.readouterr().err
+    assert not (tmp_path / "hf" / "student").exists()
 
 
 def _run_compress(argv, env):

@@ -120,6 +120,16 @@ class Policy:
         }
 
 
+# The `*_fp16w` export variants store float16 variables: half the bytes of every other
+# variant (whose variables are float32 under every policy, fp16 compute included).
+# Keras has no policy with float16 variables and float32 compute, so they compute in
+# float16 as well; Keras' LayerNormalization and attention softmax take their
+# statistics in float32, and the logits stay float32 (FLOAT32_ISLANDS["logits"]). For
+# serving and storage only: never trained (see _PURE_LOW_PRECISION for why).
+HALF_WEIGHTS_POLICY = Policy("float16", reason="export: float16 variables (half the file), "
+                             "float16 compute; serving only")
+
+
 def needs_loss_scaling(policy_name):
     """Whether training under the Keras policy `policy_name` scales its loss."""
     # float16 has 5 exponent bits: small gradients underflow to zero unless the loss

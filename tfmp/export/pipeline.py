@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+import tfmp.export.halfweights as halfweights
 import tfmp.export.huggingface as huggingface
 import tfmp.export.savedmodel as savedmodel
 import tfmp.export.target as exportdir
@@ -48,6 +49,7 @@ REGISTRY = _registry(
     tflite.FP16,
     tflite.INT8,
     huggingface.HF,
+    halfweights.SAVEDMODEL, halfweights.KERAS,  # float16 variables: half the bytes
 )
 VARIANTS = tuple(REGISTRY)
 
