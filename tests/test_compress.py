@@ -17,7 +17,7 @@ import pytest
 from conftest import write_tiny_checkpoint
 
 from tfmp import cli, data, files, models
-from tfmp.compress import CompressConfig, compress, distil, importance, sparsity
+from tfmp.compress import distil, importance, sparsity, vocab
 from tfmp.compress.backbone import CompactBertBackbone
 from tfmp.compress.prune import Plan, build_student, forward, mask_teacher
 
@@ -106,6 +106,23 @@ def test_shared_layers_are_one_set_of_variables_at_every_depth(deep_bert_dir, tm
     assert loaded.count_params() == student.count_params()
     np.testing.assert_allclose(np.asarray(loaded(x, training=False)),
                                np.asarray(student(x, training=False)), atol=1e-6)
+
+
+def test_a_pruned_vocabulary_computes_the_same_logits_on_training_texts(deep_bert_dir):
+    teacher = _classifier(deep_bert_dir)
+    train_texts = TEXTS[:4]
+    kept = vocab.used_tokens(teacher.preprocessor, train_texts)
+    size = teacher.preprocessor.tokenizer.vocabulary_size()
+    assert len(kept) < size and 0 in kept  # [PAD] and every special token stay
+    student = build_student(teacher, Plan((0, 1, 2, 3), vocab=kept), "float32")
+    assert student.backbone.vocabulary_size == len(kept)
+    teacher_logits = teacher.predict(np.array(train_texts, dtype=object), verbose=0)
+    student_logits = student.predict(np.array(train_texts, dtype=object), verbose=0)
+    np.testing.assert_allclose(student_logits, teacher_logits, atol=1e-5, rtol=0)
+    # A word never seen in training still tokenizes (spelled in kept pieces), not all [UNK].
+    ids = np.asarray(student.preprocessor(keras.ops.convert_to_tensor(["zebra"]))["token_ids"])
+    unk = student.preprocessor.tokenizer.token_to_id("[UNK]")
+    assert ids[0, 1] != unk
 
 
 def test_taylor_scores_ignore_a_removed_unit_and_top_units_keep_the_share(deep_bert_dir):

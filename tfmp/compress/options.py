@@ -30,6 +30,8 @@ class CompressConfig:
         1.0, "share of feed-forward neurons kept in each layer, by first-order Taylor score")
     heads_keep: float = _setting(
         1.0, "share of attention heads kept in each layer, by first-order Taylor score")
+    prune_vocab: bool = _setting(
+        False, "keep only the wordpieces the training split uses (and single characters)")
     importance_examples: int = _setting(
         512, "training examples the importance scores are measured on")
     # --- Sharing and sparsity ---

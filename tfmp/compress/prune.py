@@ -25,6 +25,7 @@ import keras_hub
 import numpy as np
 
 from tfmp import models, precision
+import tfmp.compress.vocab as vocab
 from tfmp.compress.backbone import CompactBertBackbone
 
 
@@ -38,12 +39,15 @@ class Plan:
             layer (None: all).
         heads: tuple of tuples of int, or None. Attention heads kept in each kept layer.
         share: int. Adjacent kept layers tied to one set of weights (1: none).
+        vocab: tuple of int, or None. Teacher token ids kept, in order
+            (`tfmp.compress.vocab`; None: all).
     """
 
     keep_layers: tuple
     ffn: tuple | None = None
     heads: tuple | None = None
     share: int = 1
+    vocab: tuple | None = None
 
     def to_json(self):
         return {k: (None if v is None else
@@ -55,8 +59,10 @@ class Plan:
     def from_json(cls, d):
         def tuples(v):
             return None if v is None else tuple(tuple(int(i) for i in x) for x in v)
+        vocab = d.get("vocab")
         return cls(tuple(int(i) for i in d["keep_layers"]), tuples(d.get("ffn")),
-                   tuples(d.get("heads")), int(d.get("share", 1)))
+                   tuples(d.get("heads")), int(d.get("share", 1)),
+                   None if vocab is None else tuple(int(i) for i in vocab))
 
     @property
     def layer_map(self):
@@ -81,6 +87,8 @@ def _student_backbone(teacher_backbone, plan, policy):
         config["intermediate_dim"] = len(plan.ffn[0])
     if plan.heads is not None:
         config["num_heads"] = len(plan.heads[0])
+    if plan.vocab is not None:
+        config["vocabulary_size"] = len(plan.vocab)
     if plan.heads is None and plan.share == 1 and not isinstance(
             teacher_backbone, CompactBertBackbone):
         return keras_hub.models.BertBackbone.from_config(config)
@@ -106,7 +114,7 @@ def _copy_layer(source, target, ffn, heads):
         getattr(target, name).set_weights(getattr(source, name).get_weights())
 
 
-_SHARED_LAYERS = ("token_embedding", "position_embedding", "segment_embedding",
+_SHARED_LAYERS = ("position_embedding", "segment_embedding",
                   "embeddings_layer_norm", "pooled_dense")
 
 
@@ -122,11 +130,15 @@ def build_student(teacher, plan, policy):
         backbone = _student_backbone(teacher.backbone, plan, policy)
         student = models.BertClassifier(
             backbone=backbone, num_classes=teacher.num_classes,
-            preprocessor=teacher.preprocessor,
+            preprocessor=(teacher.preprocessor if plan.vocab is None
+                          else vocab.pruned_preprocessor(teacher.preprocessor, plan.vocab)),
             activation=keras.activations.serialize(teacher.activation),
             dropout=teacher.dropout, name=teacher.name)
     for name in _SHARED_LAYERS:
         backbone.get_layer(name).set_weights(teacher.backbone.get_layer(name).get_weights())
+    embeddings = teacher.backbone.get_layer("token_embedding").get_weights()[0]  # (vocab, hidden)
+    rows = slice(None) if plan.vocab is None else np.asarray(plan.vocab)
+    backbone.get_layer("token_embedding").set_weights([embeddings[rows]])
     student.get_layer("logits").set_weights(teacher.get_layer("logits").get_weights())
     sources = depth_layers(teacher.backbone)
     done = set()

@@ -24,6 +24,7 @@ from tfmp import files, models, precision, rundir
 import tfmp.compress.distil as distil
 import tfmp.compress.importance as importance
 import tfmp.compress.sparsity as sparsity
+import tfmp.compress.vocab as vocab
 from tfmp.compress.options import CompressConfig
 from tfmp.compress.prune import Plan, build_student, depth_layers
 from tfmp.config import TrainConfig
@@ -93,7 +94,12 @@ class _Source:
                 + (f", {len(ffn[0])} FFN neurons a layer" if ffn else "")
                 + (f", {len(heads[0])} heads a layer" if heads else "")
                 + (f", groups of {cfg.share_layers} tied" if cfg.share_layers > 1 else ""))
-        return Plan(tuple(keep), ffn, heads, cfg.share_layers), measured
+        kept = (vocab.used_tokens(teacher.preprocessor, run.splits.train.texts)
+                if cfg.prune_vocab else None)
+        if kept:
+            run.log(f"Vocabulary: {len(kept)} of "
+                    f"{teacher.preprocessor.tokenizer.vocabulary_size()} wordpieces kept")
+        return Plan(tuple(keep), ffn, heads, cfg.share_layers, kept), measured
 
     def build(self, run):
         plan, measured = self._plan(run)
