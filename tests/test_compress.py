@@ -261,6 +261,9 @@ def test_a_compression_killed_with_sigkill_resumes_to_the_same_model(float32_run
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert not files.is_complete(tmp_path / "killed")
+    # `tfmp train --resume` would rebuild the teacher's architecture: refused, saying how.
+    code = cli.main(["train", "--resume", str(tmp_path / "killed"), "--quiet"])
+    assert code == 2
     resumed = _run_compress(argv + ["--out", str(tmp_path / "killed")], env)
     whole = _run_compress(argv + ["--out", str(tmp_path / "whole")], env)
     for process in (resumed, whole):
