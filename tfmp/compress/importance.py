@@ -14,7 +14,7 @@ unit at once. Layers are few, so they are measured directly: drop the layer whos
 removal raises the training loss least, then repeat on what is left (greedy), each
 candidate run on the same batches.
 
-Everything here runs the teacher in float32 (`precision.IMPORTANCE_POLICY`).
+`tfmp.compress.run` gives it the teacher rebuilt under `precision.TEACHER_POLICY` (float32).
 """
 
 import numpy as np

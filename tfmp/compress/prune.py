@@ -50,10 +50,11 @@ class Plan:
     vocab: tuple | None = None
 
     def to_json(self):
-        return {k: (None if v is None else
-                    [list(x) if isinstance(x, (tuple, list)) else x for x in v]
-                    if isinstance(v, (tuple, list)) else v)
-                for k, v in dataclasses.asdict(self).items()}
+        def lists(v):
+            return None if v is None else [list(x) for x in v]
+        return {"keep_layers": list(self.keep_layers), "ffn": lists(self.ffn),
+                "heads": lists(self.heads), "share": self.share,
+                "vocab": None if self.vocab is None else list(self.vocab)}
 
     @classmethod
     def from_json(cls, d):
