@@ -276,3 +276,18 @@ def test_a_compression_killed_with_sigkill_resumes_to_the_same_model(float32_run
     metrics = json.loads((tmp_path / "killed" / "metrics.json").read_text())
     assert metrics["resumed_from_step"] > 0
     assert sparsity.measured_sparsity(a) >= 0.5 - 1e-3
+
+
+@pytest.mark.slow
+def test_a_mixed_float16_teacher_gives_a_loss_scaled_distilled_student(mixed_float16_run, tmp_path):
+    from tfmp.compress import CompressConfig, compress
+
+    result = compress(CompressConfig(teacher=mixed_float16_run.run_dir, out=str(tmp_path / "s"),
+                                     keep_layers=(1,), heads_keep=0.5, epochs=1), verbose=0)
+    saved = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert saved["policy"]["name"] == "mixed_float16"
+    assert saved["optimizer"]["loss_scale_optimizer"] is True
+    assert result.model.backbone.dtype_policy.name == "mixed_float16"
+    assert result.model.get_layer("logits").compute_dtype == "float32"
+    history = json.loads((tmp_path / "s" / "history.json").read_text())
+    assert all(np.isfinite(history["loss"])) and all(np.isfinite(history["val_loss"]))
