@@ -154,7 +154,8 @@ def write(ctx):
             "This run's backbone has pruned attention heads or tied layers (tfmp compress), "
             "which a Hugging Face BertModel config cannot express. Export it without the "
             "hf variant: --variants savedmodel_fp32,savedmodel_fp16,savedmodel_bf16,"
-            "tflite_fp32,tflite_fp16,tflite_int8,savedmodel_fp16w,keras_fp16w")
+            "tflite_fp32,tflite_fp16,tflite_int8,tflite_sparse,"
+            "savedmodel_fp16w,keras_fp16w")
     tokenizer = classifier.preprocessor.tokenizer
     # The run trained on texts cut at its --seq-len, not the backbone's 512 positions:
     # a tokenizer that truncates later gives PyTorch users inputs the head never saw.

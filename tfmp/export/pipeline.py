@@ -48,6 +48,7 @@ REGISTRY = _registry(
     tflite.FP32,
     tflite.FP16,
     tflite.INT8,
+    tflite.SPARSE,  # skipped (saying why) unless the model is sparse
     huggingface.HF,
     halfweights.SAVEDMODEL, halfweights.KERAS,  # float16 variables: half the bytes
 )
@@ -242,6 +243,9 @@ def write_export(classifier, label_names, texts, label_ids, target, rows, extra=
     (fsynced, marked COMPLETE, renamed into place) only when every variant passed.
     """
     float32 = _float32(classifier)
+    # Variants that do not apply to this model write nothing; the report says why.
+    skipped = {v.name: reason for v in rows if v.skip and (reason := v.skip(float32))}
+    rows = tuple(v for v in rows if v.name not in skipped)
     evaluation, keras_row = _reference(classifier, float32, texts, np.asarray(label_ids))
     report = {
         "examples": len(texts),
@@ -250,6 +254,7 @@ def write_export(classifier, label_names, texts, label_ids, target, rows, extra=
         "keras": keras_row,
         **(extra or {}),
         "variants": {},
+        "skipped": skipped,
     }
     with exportdir.staging(target) as staging:
         ctx = Context(classifier=classifier, float32=float32, label_names=tuple(label_names),
