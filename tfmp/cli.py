@@ -199,6 +199,54 @@ def _run_export(args):
     return 0
 
 
+# --- tfmp compress ---
+
+
+def _layer_list(text):
+    try:
+        return tuple(int(i) for i in _comma_list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of layer indices (e.g. 0,2,4)") from None
+
+
+def _add_compress(sub):
+    from tfmp.compress.options import CompressConfig
+
+    p = sub.add_parser(
+        "compress", help="prune, share and distil a finished run into a smaller run",
+        description="Turn a finished run (the teacher) into a smaller student: drop layers, "
+        "prune FFN neurons and heads, tie layers, sparsify; fine-tune it against the "
+        "teacher's logits under the run's policy. Writes an ordinary run directory.")
+    p.add_argument("teacher", help="finished run directory (tfmp train or tfmp compress)")
+    for field in dataclasses.fields(CompressConfig):
+        if field.name == "teacher":
+            continue
+        kind = str(field.type)
+        kwargs = {"default": None, "help": field.metadata["help"]}
+        if field.type is bool:
+            kwargs["action"] = "store_true"
+        elif field.name == "keep_layers":
+            kwargs["type"] = _layer_list
+        elif "int" in kind or "float" in kind:
+            kwargs["type"] = int if "int" in kind else float
+        p.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_compress)
+
+
+def _run_compress(args):
+    from tfmp.compress import CompressConfig, compress
+
+    names = {f.name for f in dataclasses.fields(CompressConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    result = compress(CompressConfig(**values), verbose=0 if args.quiet else 1)
+    m = result.metrics
+    print(f"test accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
+          f"-> {result.run_dir}")
+    return 0
+
+
 # --- tfmp bench ---
 
 
@@ -278,6 +326,7 @@ def build_parser():
     _add_train(sub)
     _add_diagnose(sub)
     _add_export(sub)
+    _add_compress(sub)
     _add_bench(sub)
     _add_predict(sub)
     _add_tradeoffs(sub)

@@ -268,7 +268,8 @@ def rebuild(classifier, policy):
     policy = precision.resolve(policy)
     backbone_config = dict(classifier.backbone.get_config(), dtype=policy.name)
     with precision.policy_scope(policy):
-        backbone = keras_hub.models.BertBackbone.from_config(backbone_config)
+        # The backbone's own class: a compressed run's (tfmp.compress) has pruned heads.
+        backbone = type(classifier.backbone).from_config(backbone_config)
         # The preprocessor holds no float state; sharing it keeps its vocabulary,
         # which a config round trip would drop (vocabularies are assets).
         clone = BertClassifier(

@@ -30,10 +30,7 @@ POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 CHOICES = ("auto",) + POLICIES
 
 # Names Keras accepts but tfmp refuses, and why.
-_PURE_LOW_PRECISION = {
-    "float16": "mixed_float16",
-    "bfloat16": "mixed_bfloat16",
-}
+_PURE_LOW_PRECISION = {"float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 # Computations that stay float32 under every policy, where they are built, and why.
 # This is the one list: a new island is added here and at its site.
@@ -45,7 +42,16 @@ FLOAT32_ISLANDS = {
     "served softmax": "export.savedmodel and export.tflite: probabilities are a float32 "
                       "softmax of the logits whatever the compute dtype",
     "diagnosis loss": "diagnose: the probed loss is computed on float32 logits",
+    "distillation loss": "compress.distil: the soft targets' softmax, KL and cross-entropy "
+                         "are computed on float32 logits (the teacher's are float32 too)",
 }
+
+# Compression (tfmp.compress) runs the teacher for two things only, once each: the
+# importance scores and the logits the student is distilled from. Both are computed
+# under float32 whatever the teacher was trained under: the cost is paid once, and
+# soft targets and Taylor scores (products of small gradients) are where 8 bits of
+# bfloat16 mantissa would show. The student trains under the teacher run's policy.
+TEACHER_POLICY = "float32"
 
 # What to do when float16 keeps overflowing: the guards, the loss-scale floor and the
 # skip warning all say it in these words.
@@ -116,6 +122,16 @@ class Policy:
             "float32_layers": list(self.float32_layers),
             "layer_map": [list(row) for row in self.layer_map],
         }
+
+
+# The `*_fp16w` export variants store float16 variables: half the bytes of every other
+# variant (whose variables are float32 under every policy, fp16 compute included).
+# Keras has no policy with float16 variables and float32 compute, so they compute in
+# float16 as well; Keras' LayerNormalization and attention softmax take their
+# statistics in float32, and the logits stay float32 (FLOAT32_ISLANDS["logits"]). For
+# serving and storage only: never trained (see _PURE_LOW_PRECISION for why).
+HALF_WEIGHTS_POLICY = Policy("float16", reason="export: float16 variables (half the file), "
+                             "float16 compute; serving only")
 
 
 def needs_loss_scaling(policy_name):

@@ -31,8 +31,7 @@ import keras
 import numpy as np
 
 from tfmp import adaptive, callbacks, checkpoint, data, distribute, files, headroom, lost_updates
-from tfmp import models, optimizer, precision, recovery, report, rundir, signals
-from tfmp.scoring import evaluate
+from tfmp import models, optimizer, precision, recovery, report, rundir, runrecord, signals
 from tfmp.config import TrainConfig, config_differences, config_hash
 from tfmp.errors import Interrupted, TrainingStopped, UserError
 
@@ -76,6 +75,9 @@ class _Run:
     resume: rundir.ResumePoint | None
     log: object
     verbose: int
+    # Builds and prepares the model instead of `load_classifier` (tfmp.compress).
+    source: object = None
+    extra_callbacks: tuple = ()
 
 
 def _config_to_run(config, resume):
@@ -97,7 +99,7 @@ def _config_to_run(config, resume):
     return dataclasses.replace(config or point.config, out=point.out), point
 
 
-def train(config=None, verbose=1, resume=None):
+def train(config=None, verbose=1, resume=None, source=None):
     """Runs one fine-tune and writes its run directory. Returns a `RunResult`.
 
     Args:
@@ -108,6 +110,10 @@ def train(config=None, verbose=1, resume=None):
         resume: None, or the `--out` (or `<out>.partial`) of an interrupted run: it
             continues from its newest intact checkpoint and ends where an
             uninterrupted run would have.
+        source: None, or what builds the model instead of `models.load_classifier`:
+            `build(run)` -> classifier, `prepare(model, run)` -> extra callbacks (after
+            compiling), and `record`, a JSON dict kept in checkpoints and config.json
+            (`tfmp.compress`).
     """
     log = print if verbose else (lambda *a, **k: None)
     config, point = _config_to_run(config, resume)
@@ -126,17 +132,20 @@ def train(config=None, verbose=1, resume=None):
         lock.acquire()
     try:
         with signals.interruptible():
-            return _locked(config, point, dist, out, log, verbose)
+            return _locked(config, point, dist, out, log, verbose, source)
     finally:
         lock.release()
 
 
-def _locked(config, point, dist, out, log, verbose):
+def _locked(config, point, dist, out, log, verbose, source=None):
     """`train` from the lock on: resume point, policy, data, then the run in scope."""
     if point is None:
         point = rundir.continue_interrupted(config, out, log)
         if point:
             config = dataclasses.replace(config, out=point.out)
+    if point and point.state.get("model_source") and source is None:
+        raise UserError(f"'{out}' is an interrupted `tfmp compress` run: resume it by running "
+                        "the same `tfmp compress` command again.")
     policy = _policy(config, point, dist)
     log(f"Precision policy: {policy.name} ({policy.reason})")
     data_sha = checkpoint.file_fingerprint(config.data)
@@ -149,7 +158,7 @@ def _locked(config, point, dist, out, log, verbose):
             f"{examples.source}: the training split has {len(splits.train)} examples, fewer "
             f"than one batch of {config.batch_size}. Lower --batch-size or add examples.")
     run = _Run(config, dist, policy, out, data_sha, examples, label_map, splits, point,
-               log, verbose)
+               log, verbose, source)
     keras.utils.set_random_seed(config.seed)
     # Everything from here on runs in the strategy's scope: the model's variables,
     # and the optimizer's (built lazily by fit, save or restore), are mirrored.
@@ -178,7 +187,7 @@ def _policy(config, point, dist):
 def _train_in_scope(run):
     config, splits = run.config, run.splits
     clock = time.perf_counter()
-    model = models.load_classifier(
+    model = run.source.build(run) if run.source else models.load_classifier(
         config.model, num_classes=run.label_map.num_classes, sequence_length=config.seq_len,
         policy=run.policy, dropout=config.dropout)
     timings = {"build the model": time.perf_counter() - clock}
@@ -199,6 +208,8 @@ def _train_in_scope(run):
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     compile_classifier(model, run.policy, total_steps, config)
+    if run.source:
+        run.extra_callbacks = tuple(run.source.prepare(model, run))
     if run.dist.num_replicas > 1:  # workarounds for Keras 3.15, see tfmp.distribute
         distribute.build_from_first_replica(model)
     if run.dist.num_workers > 1:
@@ -220,10 +231,10 @@ def _train_in_scope(run):
         # A finished run is never committed with NaN weights (its checksum would pass).
         checkpoint.check_finite(model, optimizer.global_step(model.optimizer))
         clock = time.perf_counter()
-        metrics = _test_metrics(run, model, fitted)
+        metrics = runrecord.test_metrics(run, model, fitted)
         metrics["timings"] = dict(timings, **fitted["timings"],
                                   **{"test evaluation": time.perf_counter() - clock})
-        run_config = _run_config(run, model, total_steps, steps_per_epoch, truncated)
+        run_config = runrecord.run_config(run, model, total_steps, steps_per_epoch, truncated)
         text_report = metrics["test"].pop("classification_report")
         rundir.write_run_files(staging, run_config, metrics, history, run.label_map,
                                text_report)
@@ -255,7 +266,8 @@ def _fit_callbacks(run, staging, history, steps_per_epoch, total_steps, lengths,
                 "data_sha256": run.data_sha, "seed": config.seed, "policy": run.policy.name,
                 "policy_reason": run.policy.reason, "layer_map": run.policy.layer_map,
                 "steps_per_epoch": steps_per_epoch, "epoch": step // steps_per_epoch,
-                "batch_in_epoch": step % steps_per_epoch, "history": history}
+                "batch_in_epoch": step % steps_per_epoch, "history": history,
+                "model_source": run.source.record if run.source else None}
 
     logs = os.path.join(staging, rundir.LOGS)
     monitor = callbacks.TrainingMonitor(
@@ -302,6 +314,7 @@ def _fit(run, model, staging, history, steps_per_epoch, lengths):
         run, staging, history, steps_per_epoch, steps_per_epoch * config.epochs, lengths, model)
     phases = callbacks.PhaseTimer()
     fit_callbacks.insert(1, phases)  # after StopAtBatchEnd, before the others' work
+    fit_callbacks[2:2] = run.extra_callbacks  # after a step, before it is logged or saved
     start = time.perf_counter()
     try:
         # One fit per epoch, each on that epoch's fixed batch order; a resumed
@@ -346,55 +359,3 @@ def _fit(run, model, staging, history, steps_per_epoch, lengths):
             "recoveries": watcher.recoveries if watcher else [],
             "steps": optimizer.global_step(model.optimizer) - start_step,
             "start_step": start_step}
-
-
-def _test_metrics(run, model, fitted):
-    """metrics.json: the test split's scores, speed, loss-scale state and strategy."""
-    test = evaluate(model, run.splits.test, run.label_map, shard=fitted["shard"])
-    run.log(f"\nTest split ({test['examples']} examples, never trained on):\n"
-            f"{test['classification_report']}"
-            f"accuracy {test['accuracy']:.4f} vs majority class "
-            f"{test['majority_class_share']:.4f}")
-    dist = run.dist
-    return {
-        "test": test,  # its text classification_report goes to a file of its own
-        "accuracy": test["accuracy"],
-        "macro_f1": test["macro_f1"],
-        "majority_class_share": test["majority_class_share"],
-        "train_seconds": fitted["seconds"],  # of this process; a resumed run's remainder
-        "train_examples_per_second": fitted["steps"] * run.config.batch_size
-        / max(fitted["seconds"], 1e-9),
-        "optimizer": optimizer.loss_scale_state(model.optimizer),
-        "resumed_from_step": fitted["start_step"] if run.resume else None,
-        "recoveries": fitted["recoveries"],
-        "strategy": {"name": dist.name, "replicas": dist.num_replicas,
-                     "workers": dist.num_workers, "reason": dist.reason},
-    }
-
-
-def _run_config(run, model, total_steps, steps_per_epoch, truncated):
-    """config.json: the resolved config, policy, optimizer, data and versions."""
-    opt = model.optimizer
-    return {
-        "config": run.config.to_json(),
-        "policy": run.policy.to_json(),
-        "optimizer": {
-            "class": f"{type(opt).__module__}.{type(opt).__name__}",
-            "loss_scale_optimizer": isinstance(opt, keras.optimizers.LossScaleOptimizer),
-            "inner": type(getattr(opt, "inner_optimizer", opt)).__name__,
-            "total_steps": total_steps,
-            "steps_per_epoch": steps_per_epoch,
-        },
-        "model_dir": os.path.abspath(run.config.model or models.default_model_dir()),
-        "data": {"source": run.examples.source,
-                 # What `tfmp export` checks before it trusts its rebuilt test split.
-                 "path": (os.path.abspath(run.config.data)
-                          if os.path.isfile(run.config.data) else run.config.data),
-                 "sha256": run.data_sha,  # None for the built-in corpora
-                 "test_indices": [int(i) for i in run.splits.test.indices],
-                 "stats": dict(run.examples.stats, long_texts_truncated_in_train=truncated),
-                 "splits": {k: len(getattr(run.splits, k))
-                            for k in ("train", "validation", "test")}},
-        "versions": rundir.versions(),
-        "command": rundir.command_line(),
-    }

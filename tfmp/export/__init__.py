@@ -10,6 +10,7 @@ writes `saved_models/<name>/`:
     serving_fp16/1/       the same with float16 compute, for GPU serving
     serving_bf16/1/       the same with bfloat16 compute, for bfloat16 CPUs, TPUs, GPUs
     tflite/               model_fp32/fp16/int8.tflite, vocab.txt, labels.txt
+                          (and model_sparse.tflite for a --sparsity run)
     hf/                   BertForSequenceClassification checkpoint (safetensors)
     export_report.json    size, parity, accuracy and speed of every variant
     COMPLETE              written last: readers call `check_export(path)` first
@@ -102,6 +103,8 @@ def format_table(report):
         lines.append(f"{name:<16}{row['size_bytes']:>12}{row['argmax_agreement']:>9.4f}"
                      f"{row['max_probability_difference']:>10.2e}{row['accuracy']:>8.4f}"
                      f"{row['examples_per_second']:>9.1f}")
+    for name, reason in report.get("skipped", {}).items():
+        lines.append(f"{name:<16}skipped: {reason}")
     lines.append(f"Keras accuracy {report['keras']['accuracy']:.4f} on {report['examples']} "
                  f"test examples -> {report['path']}")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from tfmp import files, precision
+from tfmp.errors import UserError
 from tfmp.export.gate import Gate
 from tfmp.export.variant import Variant, softmax
 
@@ -148,6 +149,13 @@ def save_checkpoint(backbone, vocabulary, path, lowercase=True, classifier=None,
 def write(ctx):
     """The `hf` variant: `ctx.float32` as a `BertForSequenceClassification` checkpoint."""
     classifier = ctx.float32
+    if getattr(classifier.backbone, "head_dim", None):  # tfmp.compress's CompactBertBackbone
+        raise UserError(
+            "This run's backbone has pruned attention heads or tied layers (tfmp compress), "
+            "which a Hugging Face BertModel config cannot express. Export it without the "
+            "hf variant: --variants savedmodel_fp32,savedmodel_fp16,savedmodel_bf16,"
+            "tflite_fp32,tflite_fp16,tflite_int8,tflite_sparse,"
+            "savedmodel_fp16w,keras_fp16w")
     tokenizer = classifier.preprocessor.tokenizer
     # The run trained on texts cut at its --seq-len, not the backbone's 512 positions:
     # a tokenizer that truncates later gives PyTorch users inputs the head never saw.

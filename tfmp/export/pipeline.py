@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 import tfmp.export.cascade as cascade
+import tfmp.export.halfweights as halfweights
 import tfmp.export.huggingface as huggingface
 import tfmp.export.onnx as onnx
 import tfmp.export.savedmodel as savedmodel
@@ -50,10 +51,12 @@ REGISTRY = _registry(
     tflite.FP32,
     tflite.FP16,
     tflite.INT8,
+    tflite.SPARSE,  # skipped (saying why) unless the model is sparse
     huggingface.HF,
     cascade.CASCADE,
     onnx.FP32,
     onnx.INT8,
+    halfweights.SAVEDMODEL, halfweights.KERAS,  # float16 variables: half the bytes
 )
 VARIANTS = tuple(REGISTRY)
 
@@ -253,6 +256,9 @@ def write_export(classifier, label_names, texts, label_ids, target, rows, extra=
     `calibration` holds texts a variant may tune itself on (the validation split).
     """
     float32 = _float32(classifier)
+    # Variants that do not apply to this model write nothing; the report says why.
+    skipped = {v.name: reason for v in rows if v.skip and (reason := v.skip(float32))}
+    rows = tuple(v for v in rows if v.name not in skipped)
     evaluation, keras_row = _reference(classifier, float32, texts, np.asarray(label_ids))
     report = {
         "examples": len(texts),
@@ -261,6 +267,7 @@ def write_export(classifier, label_names, texts, label_ids, target, rows, extra=
         "keras": keras_row,
         **(extra or {}),
         "variants": {},
+        "skipped": skipped,
     }
     with exportdir.staging(target) as staging:
         ctx = Context(classifier=classifier, float32=float32, label_names=tuple(label_names),

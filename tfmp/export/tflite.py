@@ -9,9 +9,12 @@ the `vocab.txt` beside the model); the output is `probabilities` (float32
 [batch, num_classes]). The batch dimension is dynamic; the sequence length is fixed
 to the one the model was trained with.
 
-Three export variants, `tflite_fp32`, `tflite_fp16` and `tflite_int8`, written
-together into `tflite/` with `vocab.txt`, `labels.txt` and `tokenizer.json` (the
-tokenizer's settings, so `tfmp predict` tokenizes as the graph does without TensorFlow).
+Four export variants, `tflite_fp32`, `tflite_fp16`, `tflite_int8` and
+`tflite_sparse`, written together into `tflite/` with `vocab.txt`, `labels.txt` and
+`tokenizer.json` (the tokenizer's settings, so `tfmp predict` tokenizes as the graph
+does without TensorFlow). `tflite_sparse` (float32 weights, the converter's
+`EXPERIMENTAL_SPARSITY`) is for models pruned by `tfmp compress --sparsity`; on a model
+without such zeros it is skipped, with the reason in the report (`sparse_reason`).
 """
 
 import os
@@ -31,10 +34,19 @@ from tfmp.serve.litert import TFLiteClassifier  # noqa: F401  (re-exported)
 # shift every later class by a line in labels.txt.
 LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
 
-# Weight storage of each TFLite variant. Compute stays float32 in all three on CPU:
+# Weight storage of each TFLite variant. Compute stays float32 in all of them on CPU:
 # float16 weights are dequantized on load, int8 weights (dynamic range) are
-# dequantized per op, with activations quantized on the fly where a kernel allows.
-QUANTIZATIONS = ("fp32", "fp16", "int8")
+# dequantized per op, with activations quantized on the fly where a kernel allows;
+# "sparse" stores float32 matrices with enough zeros in a sparse encoding (values
+# and indices), densified by the interpreter: smaller file, same arithmetic.
+# No int8 + sparsity variant: the converter writes one (0.89x tflite_int8's bytes on
+# the 80%-sparse MiniLM student), but ai-edge-litert's default interpreter cannot
+# load it (XNNPACK fails to prepare its sparse hybrid FULLY_CONNECTED nodes).
+QUANTIZATIONS = ("fp32", "fp16", "int8", "sparse")
+# The share of zeros in the encoder and pooler matrices under which `tflite_sparse`
+# is skipped: the converter's own threshold (TFLite's DenseToSparse pass keeps a
+# tensor dense below kMinSparsityLevel = 0.3), so the file would equal tflite_fp32's.
+MIN_SPARSITY = 0.3
 
 
 def _concrete_function(classifier):
@@ -69,6 +81,8 @@ def write_tflite(classifier, paths):
         elif quantization == "int8":
             # Dynamic range: int8 weights, no representative dataset needed.
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif quantization == "sparse":
+            converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
         with open(path, "wb") as f:
             f.write(converter.convert())
     return paths
@@ -117,15 +131,31 @@ def _write(ctx):
                      wordpiece.settings_of(ctx.float32.preprocessor))
 
 
-def _variant(quantization, gate):
+def sparse_reason(classifier):
+    """Why `tflite_sparse` does not apply to `classifier` (None: it does)."""
+    # (`tfmp.compress` is also the function `tfmp.compress`: import the name itself.)
+    from tfmp.compress.sparsity import measured_sparsity
+
+    zeros = measured_sparsity(classifier)
+    if zeros < MIN_SPARSITY:
+        return (f"{zeros:.1%} of the encoder and pooler matrices are zero, under the "
+                f"{MIN_SPARSITY:.0%} the converter encodes sparsely: the file would be "
+                "tflite_fp32's. Compress the run with --sparsity to use it.")
+    return None
+
+
+def _variant(quantization, gate, skip=None):
     return Variant(
         name=f"tflite_{quantization}", path=f"tflite/model_{quantization}.tflite",
         write=_write, read=read, gate=gate, inputs="tokens", check=check_label_names,
         # Size ratios are against tflite_fp32, so it comes with any other TFLite file.
-        requires=() if quantization == "fp32" else (SIZE_REFERENCE,))
+        requires=() if quantization == "fp32" else (SIZE_REFERENCE,), skip=skip)
 
 
 FP32 = _variant("fp32", Gate(min_agreement=0.999))
 FP16 = _variant("fp16", Gate(min_agreement=0.995, max_size_ratio=0.52))
 INT8 = _variant("int8", Gate(min_agreement=0.98, max_accuracy_drop=0.01,
                              max_size_ratio=0.30))
+# A lossless re-encoding of tflite_fp32's weights: its gate, and never a larger file.
+SPARSE = _variant("sparse", Gate(min_agreement=0.999, max_size_ratio=1.0),
+                  skip=sparse_reason)

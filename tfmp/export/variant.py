@@ -38,6 +38,10 @@ class Variant:
     # check(label_names) -> None: refuses (UserError) names the files cannot hold,
     # called before any work so a bad name costs nothing (e.g. labels.txt's line breaks).
     check: Callable | None = None
+    # skip(float32_classifier) -> str | None: why the variant does not apply to this
+    # model (None: it does). A skipped variant writes nothing; the report's "skipped"
+    # holds the reason (e.g. tflite_sparse on a model without pruned zeros).
+    skip: Callable | None = None
 
     def __post_init__(self):
         if self.inputs not in INPUTS:

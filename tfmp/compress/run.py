@@ -1,0 +1,147 @@
+"""`compress`: a finished run (the teacher) in, a smaller fine-tuned run directory out.
+
+    from tfmp.compress import CompressConfig, compress
+    result = compress(CompressConfig(teacher="runs/full", out="runs/half",
+                                     drop_layers=3, ffn_keep=0.5))
+
+The student is built from the teacher (`tfmp.compress.prune`, chosen by
+`tfmp.compress.importance`, tied by `share_layers`, sparsified by `sparsity`) and
+fine-tuned by `tfmp.train.train` itself, on the teacher run's data, splits, seed and
+precision policy, against the teacher's logits (`tfmp.compress.distil`). So the
+result is an ordinary run directory: report, TensorBoard logs, checkpoints, the
+`COMPLETE` marker, and `tfmp export` takes it. A compression killed at any moment
+resumes when the same command is run again: the plan (which layers, neurons and
+heads) is kept in every checkpoint and reused, not measured again.
+
+Everything the user got wrong is refused (exit 2) before anything is written.
+"""
+
+import dataclasses
+import json
+import os
+
+from tfmp import files, models, precision, rundir
+import tfmp.compress.distil as distil
+import tfmp.compress.importance as importance
+import tfmp.compress.sparsity as sparsity
+import tfmp.compress.vocab as vocab
+from tfmp.compress.options import CompressConfig
+from tfmp.compress.prune import Plan, build_student, depth_layers
+from tfmp.config import TrainConfig
+from tfmp.errors import UserError
+from tfmp.train import train
+
+
+def teacher_config(cfg):
+    """The teacher run's `TrainConfig`, made the student's (out, epochs, lr, overwrite)."""
+    files.check_complete(cfg.teacher, "run")
+    path = os.path.join(cfg.teacher, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)["config"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"Cannot read the teacher's run config '{path}': {e}.") from None
+    config = TrainConfig.from_json(saved, path)
+    changes = {"out": os.fspath(cfg.out), "overwrite": cfg.overwrite}
+    for name in ("epochs", "lr", "checkpoint_every"):
+        if getattr(cfg, name) is not None:
+            changes[name] = getattr(cfg, name)
+    return dataclasses.replace(config, **changes)
+
+
+class _Source:
+    """What `train` builds the student with (its `source` argument)."""
+
+    def __init__(self, cfg, teacher):
+        self.cfg, self.teacher = cfg, teacher
+        self.record = None
+        self.masks = []
+        self._float32 = None
+
+    @property
+    def float32(self):
+        if self._float32 is None:
+            self._float32 = models.rebuild(self.teacher, precision.TEACHER_POLICY)
+        return self._float32
+
+    def _plan(self, run):
+        saved = (run.resume.state.get("model_source") or {}) if run.resume else {}
+        if saved:
+            if saved.get("options") != self.cfg.options():
+                raise UserError(f"'{run.out}' holds an interrupted compression with other "
+                                f"options ({saved.get('options')}); run it with those, or "
+                                "pass --overwrite to start over.")
+            return Plan.from_json(saved["plan"]), saved.get("importance")
+        cfg, teacher = self.cfg, self.float32
+        batches = importance.probe_batches(teacher, run.splits.train, cfg.importance_examples,
+                                           seed=run.config.seed)
+        depth = len(depth_layers(teacher.backbone))
+        measured = {"examples": sum(len(y) for _, y in batches),
+                    "method": "first-order Taylor (units), greedy measured loss (layers)"}
+        if cfg.keep_layers is not None:
+            keep = tuple(cfg.keep_layers)
+        else:
+            keep, measured["layer_steps"] = importance.choose_layers(
+                teacher, batches, cfg.drop_layers)
+        ffn = heads = None
+        if cfg.ffn_keep < 1 or cfg.heads_keep < 1:
+            scores = importance.unit_scores(teacher, batches, keep)
+            if cfg.ffn_keep < 1:
+                ffn = importance.top_units(scores["ffn"], cfg.ffn_keep)
+            if cfg.heads_keep < 1:
+                heads = importance.top_units(scores["heads"], cfg.heads_keep)
+        run.log(f"Student: layers {list(keep)} of {depth}"
+                + (f", {len(ffn[0])} FFN neurons a layer" if ffn else "")
+                + (f", {len(heads[0])} heads a layer" if heads else "")
+                + (f", groups of {cfg.share_layers} tied" if cfg.share_layers > 1 else ""))
+        kept = (vocab.used_tokens(teacher.preprocessor, run.splits.train.texts)
+                if cfg.prune_vocab else None)
+        if kept:
+            run.log(f"Vocabulary: {len(kept)} of "
+                    f"{teacher.preprocessor.tokenizer.vocabulary_size()} wordpieces kept")
+        return Plan(tuple(keep), ffn, heads, cfg.share_layers, kept), measured
+
+    def build(self, run):
+        plan, measured = self._plan(run)
+        student = build_student(self.float32, plan, run.policy)
+        if self.cfg.sparsity:
+            self.masks = sparsity.prune_by_magnitude(student, self.cfg.sparsity)
+        self.record = {
+            "teacher": os.path.abspath(self.cfg.teacher), "options": self.cfg.options(),
+            "plan": plan.to_json(), "importance": measured,
+            "parameters": {"teacher": int(self.teacher.count_params()),
+                           "student": int(student.count_params()),
+                           # tied layers: stored once, applied at every depth of the group
+                           "student_depth": len(plan.keep_layers)},
+        }
+        return student
+
+    def prepare(self, model, run):
+        if self.cfg.distil_weight > 0:
+            logits = distil.teacher_logits(self.float32, run.splits.train.texts)
+            distil.attach(model, run.splits.train.texts, logits, self.cfg.temperature,
+                          self.cfg.distil_weight)
+        self._float32 = None  # the teacher is not needed while the student trains
+        return [sparsity.HoldSparsity(self.masks)] if self.masks else []
+
+
+def compress(cfg, verbose=1):
+    """Compresses the teacher run `cfg.teacher` into the run directory `cfg.out`.
+
+    Args:
+        cfg: `CompressConfig`.
+        verbose: 0 or 1.
+
+    Returns:
+        `tfmp.train.RunResult` of the student's run; its config.json has a `compress`
+        section (teacher, options, plan, importance, parameters).
+    """
+    cfg.validate()
+    config = teacher_config(cfg)
+    config.validate()
+    rundir.check_target(config.out, "a run directory", "--out",
+                        (cfg.teacher, config.data, config.model), rundir.looks_like_run,
+                        config.overwrite)
+    teacher = models.load_model(cfg.teacher)
+    cfg.check_against(len(depth_layers(teacher.backbone)), teacher.backbone.num_heads)
+    return train(config, verbose=verbose, source=_Source(cfg, teacher))
