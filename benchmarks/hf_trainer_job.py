@@ -77,7 +77,10 @@ def main():
     predictions = trainer.predict(test)
     test_seconds = time.perf_counter() - clock
     predicted = np.argmax(predictions.predictions, -1)
-    labels = np.asarray(split["test"]["labels"])
+    # The labels that came back with the predictions, not the split's order: the
+    # Trainer may batch the test set in another order (its length grouping).
+    labels = np.asarray(predictions.label_ids)
+    assert sorted(labels.tolist()) == sorted(split["test"]["labels"])
     result = {
         "engine": "hf_trainer", "precision": args.precision, "seed": args.seed,
         "train_runtime": fit.metrics["train_runtime"],
