@@ -108,7 +108,10 @@ def test_every_variant_answers_as_the_keras_model_within_its_gate(
         variant, exported, keras_probabilities, tmp_path, capsys):
     report, path = exported
     lines = _write(tmp_path / "texts.txt", "\n".join(TEXTS) + "\n")
-    code, answers, _ = _predict(path, "--variant", variant, "--input", lines, capsys=capsys)
+    code, answers, err = _predict(path, "--variant", variant, "--input", lines, capsys=capsys)
+    if variant in report.get("skipped", {}):  # e.g. tflite_sparse of a dense model
+        assert code == 2 and variant in err and not answers
+        return
     assert code == 0
     assert [a["row"] for a in answers] == list(range(1, len(TEXTS) + 1))
     assert [a["text"] for a in answers] == TEXTS

@@ -15,7 +15,7 @@ from tfmp.version import VERSION as __version__
 # {public name: the module that defines it}
 _EXPORTS = {
     "BertClassifier": "tfmp.models",
-    "CompressConfig": "tfmp.compress",
+    "CompressConfig": "tfmp.compress.options",
     "InputError": "tfmp.errors",
     "LabelMap": "tfmp.data",
     "LossScaleOptimizer": "tfmp.optimizer",
@@ -27,7 +27,6 @@ _EXPORTS = {
     "WarmupLinearDecay": "tfmp.optimizer",
     "build_optimizer": "tfmp.optimizer",
     "compile_classifier": "tfmp.train",
-    "compress": "tfmp.compress",
     "evaluate": "tfmp.scoring",
     "load_classifier": "tfmp.models",
     "load_examples": "tfmp.data",
@@ -41,7 +40,8 @@ _EXPORTS = {
     "train": "tfmp.train",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(list(_EXPORTS) + ["compress"])  # the callable package tfmp.compress
+
 
 
 def __getattr__(name):
@@ -67,8 +67,6 @@ class _Package(types.ModuleType):
         # eager `from tfmp.train import train` this replaces rebound it to the function.
         if name == "train" and isinstance(value, types.ModuleType):
             value = value.train
-        if name == "compress" and isinstance(value, types.ModuleType):
-            return  # `tfmp.compress` is the function, imported on first use (__getattr__)
         super().__setattr__(name, value)
 
 

@@ -10,6 +10,8 @@ loss), `options` (`CompressConfig`), `run` (`compress`: a run directory out).
 """
 
 import importlib
+import sys
+import types
 
 # Imported on first use, so `tfmp predict` (whose parser names `compress` and reads
 # `CompressConfig`'s fields) never loads Keras or TensorFlow through this package.
@@ -26,3 +28,14 @@ def __getattr__(name):
 
 
 __all__ = ["CompactBertBackbone", "CompressConfig", "compress"]
+
+
+class _CallablePackage(types.ModuleType):
+    """`tfmp.compress(cfg)` runs `tfmp.compress.run.compress`: the package is the command,
+    as `tfmp.train` is, while `tfmp.compress.prune` and the rest stay its modules."""
+
+    def __call__(self, cfg, verbose=1):
+        return self.compress(cfg, verbose=verbose)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

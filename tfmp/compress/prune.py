@@ -25,7 +25,7 @@ import keras_hub
 import numpy as np
 
 from tfmp import models, precision
-import tfmp.compress.vocab as vocab
+from tfmp.compress import vocab
 from tfmp.compress.backbone import CompactBertBackbone
 
 

@@ -21,10 +21,10 @@ import json
 import os
 
 from tfmp import files, models, precision, rundir
-import tfmp.compress.distil as distil
-import tfmp.compress.importance as importance
-import tfmp.compress.sparsity as sparsity
-import tfmp.compress.vocab as vocab
+from tfmp.compress import distil
+from tfmp.compress import importance
+from tfmp.compress import sparsity
+from tfmp.compress import vocab
 from tfmp.compress.options import CompressConfig
 from tfmp.compress.prune import Plan, build_student, depth_layers
 from tfmp.config import TrainConfig
