@@ -112,7 +112,7 @@ def test_tradeoffs_on_an_export_writes_table_plot_flips_and_a_recommendation(
         assert set(row["class_recall_change_points"]) <= set(result["variants"][0]["class_recall"])
         assert os.path.isfile(out / "flips" / f"tiny__{row['variant']}.jsonl")
         assert row["tensorflow_imported"] == (row["variant"].split("_")[0]
-                                              in ("savedmodel", "hf"))
+                                              in ("savedmodel", "hf", "keras"))
     cascade = next(r for r in result["variants"] if r["variant"] == "cascade_int8_fp32")
     assert 0 <= cascade["fast_path_share"] <= 1
     assert result["recommendation"]["best"] is not None

@@ -6,7 +6,8 @@
 How a variant runs is chosen by its name's kind (`KINDS`: the part before the first
 underscore). TFLite, ONNX and cascade runners import neither TensorFlow nor Keras:
 they tokenize with `wordpiece.WordPiece`. SavedModels tokenize in-graph (tensorflow
-and tensorflow_text); `hf/` is read with keras-hub, as `tfmp export` measures it.
+and tensorflow_text); `hf/` is read with keras-hub, as `tfmp export` measures it, and a
+`.keras` file (`keras_fp16w`) with Keras.
 """
 
 import json
@@ -69,6 +70,12 @@ def _onnx(path):
         os.path.dirname(path)))
 
 
+def _keras(path):
+    from tfmp.export import halfweights  # a .keras file (keras_fp16w): Keras reads it
+
+    return halfweights.read_keras(path)
+
+
 def _cascade(path):
     from tfmp.serve import cascade
 
@@ -77,7 +84,7 @@ def _cascade(path):
 
 # {kind: open(path) -> predict(texts)}
 KINDS = {"savedmodel": _savedmodel, "tflite": _tflite, "hf": _hf, "onnx": _onnx,
-         "cascade": _cascade}
+         "cascade": _cascade, "keras": _keras}
 
 
 def kind_of(name):
