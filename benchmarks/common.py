@@ -7,7 +7,6 @@ shift with whatever else runs on the machine; the ratios are what to rely on.
 """
 
 import os
-import resource
 import statistics
 import time
 
@@ -77,14 +76,9 @@ def matmul_flops_per_second(n=2048, repeats=5, dtype="float32"):
 
 def peak_rss_mb():
     """Peak resident memory of this process in MB (VmHWM; ru_maxrss where /proc lacks it)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from tfmp.tradeoffs.measure import peak_memory_mb  # the one VmHWM reader
+
+    return peak_memory_mb()
 
 
 def machine():

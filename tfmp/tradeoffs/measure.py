@@ -70,7 +70,7 @@ def _run(export_dir, variant, texts, out_dir):
         "p50_ms": float(np.percentile(latencies, 50)),
         "p99_ms": float(np.percentile(latencies, 99)),
         "latency_examples": len(latencies),
-        "peak_memory_mb": _peak_memory_mb(),
+        "peak_memory_mb": peak_memory_mb(),
         "open_seconds": opened,
         "tensorflow_imported": "tensorflow" in sys.modules,
         "fast_path_share": fast_share,
@@ -79,7 +79,7 @@ def _run(export_dir, variant, texts, out_dir):
         json.dump(timings, f)
 
 
-def _peak_memory_mb():
+def peak_memory_mb():
     """This process's peak resident memory in MB (Linux: VmHWM).
 
     Not `ru_maxrss`: on Linux a child keeps the peak its parent had when it forked, so
