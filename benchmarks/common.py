@@ -97,3 +97,13 @@ def machine():
     # The load at the start says how much else shared the cores during the run.
     return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(),
             "usable_cores": len(os.sched_getaffinity(0)), "load_average": os.getloadavg()}
+
+
+def print_result(result, json_path=None):
+    """Prints `result` as indented JSON and writes it to `json_path` too, if given."""
+    import json
+
+    print(json.dumps(result, indent=1))
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)

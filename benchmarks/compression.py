@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+import common  # benchmarks/common.py
+
 
 def _config(run_dir):
     from tfmp.config import TrainConfig
@@ -117,10 +119,7 @@ def main(argv=None):
     result = {"training": training, "inference": inference, "rounds": args.rounds,
               "steps": args.steps, "examples": len(test_texts),
               "load_average": os.getloadavg()}
-    print(json.dumps(result, indent=1))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+    common.print_result(result, args.json)
     return 0
 
 

@@ -18,6 +18,8 @@ import tempfile
 
 import numpy as np
 
+import common  # benchmarks/common.py
+
 
 def _gzip_size(path):
     with open(path, "rb") as f:
@@ -82,10 +84,7 @@ def main(argv=None):
     _, _, splits = data.prepare_data(config)
     result = {os.path.basename(os.path.normpath(r)): measure(r, splits.test.texts[:64])
               for r in args.runs}
-    print(json.dumps(result, indent=1))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+    common.print_result(result, args.json)
     return 0
 
 

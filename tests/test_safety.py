@@ -377,3 +377,16 @@ def test_left_by_dead_process_judges_only_this_hosts_dead_pids():
     assert not files.left_by_dead_process(f"{this_host}-{os.getpid()}-abcd1234")
     assert not files.left_by_dead_process(f"other_host-{dead.pid}-abcd1234")
     assert not files.left_by_dead_process("not-a-suffix")
+
+
+def test_read_json_names_the_file_and_the_remedy(tmp_path):
+    from tfmp.errors import InputError
+
+    path = tmp_path / "config.json"
+    path.write_text('{"config": ', encoding="utf-8")
+    with pytest.raises(InputError, match=r"config\.json: not readable as JSON .*Train again\."):
+        files.read_json(str(path), "Train again.")
+    with pytest.raises(InputError, match="No such file"):
+        files.read_json(str(tmp_path / "missing.json"), "Train again.")
+    path.write_text('{"config": {"a": 1}}', encoding="utf-8")
+    assert files.read_json(str(path), "Train again.") == {"config": {"a": 1}}

@@ -45,16 +45,17 @@ def _comma_list(text):
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
-def add_config_flags(parser, names, defaults=None):
-    """Adds a `--flag` for each named `TrainConfig` field, from its type, default and help.
+def add_config_flags(parser, names, defaults=None, fields=None, types=None):
+    """Adds a `--flag` for each named config field, from its type, default and help.
 
-    Every flag defaults to None (`values_given` tells a given flag from an absent
-    one); the help shows the field's default, or `defaults[name]` where a command
-    overrides it.
+    `fields` maps names to dataclass fields (default: `TrainConfig`'s); `types`
+    overrides the parser of a named flag. Every flag defaults to None
+    (`values_given` tells a given flag from an absent one); the help shows the
+    field's default, or `defaults[name]` where a command overrides it.
     """
-    defaults = defaults or {}
+    defaults, fields, types = defaults or {}, fields or FIELDS, types or {}
     for name in names:
-        field = FIELDS[name]
+        field = fields[name]
         default = defaults.get(name, field.default)
         kind = str(field.type)
         kwargs = {"default": None, "help": field.metadata["help"]}
@@ -62,6 +63,8 @@ def add_config_flags(parser, names, defaults=None):
             kwargs["help"] += f" (default: {default})"
         if field.type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif name in types:
+            kwargs["type"] = types[name]
         elif "tuple" in kind:
             kwargs["type"] = _comma_list
         elif "int" in kind:
@@ -219,18 +222,9 @@ def _add_compress(sub):
         "prune FFN neurons and heads, tie layers, sparsify; fine-tune it against the "
         "teacher's logits under the run's policy. Writes an ordinary run directory.")
     p.add_argument("teacher", help="finished run directory (tfmp train or tfmp compress)")
-    for field in dataclasses.fields(CompressConfig):
-        if field.name == "teacher":
-            continue
-        kind = str(field.type)
-        kwargs = {"default": None, "help": field.metadata["help"]}
-        if field.type is bool:
-            kwargs["action"] = "store_true"
-        elif field.name == "keep_layers":
-            kwargs["type"] = _layer_list
-        elif "int" in kind or "float" in kind:
-            kwargs["type"] = int if "int" in kind else float
-        p.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+    fields = {f.name: f for f in dataclasses.fields(CompressConfig)}
+    add_config_flags(p, [n for n in fields if n != "teacher"], fields=fields,
+                     types={"keep_layers": _layer_list})
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_compress)
 

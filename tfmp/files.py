@@ -2,6 +2,7 @@
 
     write_atomic(path, text)         # temp file, fsync, rename, fsync the directory
     write_json(path, obj)            # the same, as strict indented JSON
+    read_json(path, "Export again.") # parsed JSON, or InputError saying what to do
     sha256(path)                     # hex digest, read in 1 MiB blocks
     with DirLock(out): ...           # one writer per directory, across processes
     publish(staging, target)         # fsync the tree, mark it complete, swap it in
@@ -101,6 +102,15 @@ def dumps(obj):
 def write_json(path, obj):
     """`obj` as indented strict JSON (see `strict_json`), written atomically."""
     write_atomic(path, dumps(obj))
+
+
+def read_json(path, remedy):
+    """The JSON in `path`; `InputError` naming the file and `remedy` if it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not readable as JSON ({e}). {remedy}") from None
 
 
 def _host_tag():

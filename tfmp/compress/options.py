@@ -8,11 +8,8 @@ is the teacher run's own: the test split must be the one the teacher never saw.
 import dataclasses
 import math
 
+from tfmp.config import _setting  # one field-with-help shape for both configs
 from tfmp.errors import UserError
-
-
-def _setting(default, help, **cli):
-    return dataclasses.field(default=default, metadata={"help": help, **cli})
 
 
 @dataclasses.dataclass

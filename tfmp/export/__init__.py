@@ -29,7 +29,6 @@ read them back, its `Gate`) defined by its module (`savedmodel.py`, `tflite.py`,
 `huggingface.py`) and listed in `pipeline.REGISTRY`, whose order is `VARIANTS`.
 """
 
-import json
 import os
 
 from tfmp import data, files, models
@@ -73,12 +72,8 @@ def export(run_dir, out_root="saved_models", name=None, max_examples=None, varia
     # itself, nor a directory tfmp did not write) and locked against a second export.
     with claim(target, overwrite, protected=(run_dir,)) as target:
         config_path = os.path.join(run_dir, "config.json")
-        try:
-            with open(config_path, encoding="utf-8") as f:
-                run_config = json.load(f)
-        except (OSError, ValueError) as e:
-            raise InputError(f"{config_path}: not readable as JSON ({e}). Restore the run's "
-                             "config.json, or train the run again.") from None
+        run_config = files.read_json(config_path, "Restore the run's config.json, or "
+                                     "train the run again.")
         if not isinstance(run_config, dict) or not isinstance(run_config.get("config"), dict):
             raise InputError(f"{config_path}: not a tfmp run config (no \"config\" object). "
                              "Restore the run's config.json, or train the run again.")

@@ -11,8 +11,6 @@ the report gives each its own size, and each is read back and gated like every
 variant: argmax agreement with the float32 Keras model on the test split.
 """
 
-import os
-
 import keras
 import numpy as np
 

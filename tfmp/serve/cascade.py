@@ -10,13 +10,11 @@ float32 model, whose answer replaces int8's. The margin is chosen at export on t
 validation split (`precision.cascade_margin`) and stored in `cascade/cascade.json`.
 """
 
-import json
 import os
 
 import numpy as np
 
-from tfmp import precision
-from tfmp.errors import InputError
+from tfmp import files, precision
 from tfmp.serve.litert import TFLiteClassifier
 
 CONFIG = "cascade.json"
@@ -51,12 +49,8 @@ class Cascade:
 
 def read_config(path):
     """cascade.json at `path`, with the model paths made absolute."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable cascade configuration ({e}); export "
-                         "the run again.") from None
+    config = files.read_json(path, "Export the run again (cascade.json is its cascade "
+                             "configuration).")
     here = os.path.dirname(path)
     return dict(config, fast=os.path.join(here, config["fast"]),
                 slow=os.path.join(here, config["slow"]))
