@@ -46,6 +46,31 @@ def test_calibration_pins_the_overflowing_block_with_its_reason(overflowing_dir)
     assert after["first_nonfinite_layer"] is None
 
 
+def test_the_float32_copy_alone_finds_what_both_passes_find(overflowing_dir):
+    # Calibration runs only the float32 copy (actual=False): a value past 65504 there
+    # stands for float16's overflow. The same block, pins and peaks; the culprit is the
+    # scaled layer itself (the model as it is also turns the layer norm after it inf,
+    # and lists that first).
+    model = models.load_classifier(overflowing_dir, num_classes=3, sequence_length=16,
+                                   policy="mixed_float16")
+    both = diagnose.diagnose(model, BATCH, loss_scale=2.0**15)
+    copy_only = diagnose.diagnose(model, BATCH, loss_scale=2.0**15, actual=False)
+    block = "bert_backbone/transformer_layer_1/"
+    assert both["first_nonfinite_layer"].startswith(block)
+    assert copy_only["first_nonfinite_layer"] == block + "feedforward_output_dense"
+    # The model as it is is inf downstream of the overflow too; the copy names only
+    # the layers near the limit themselves.
+    assert set(copy_only["suggested_float32_layers"]) <= set(both["suggested_float32_layers"])
+    assert block + "feedforward_output_dense" in copy_only["suggested_float32_layers"]
+    for a, b in zip(both["layers"], copy_only["layers"]):
+        assert a["path"] == b["path"]
+        assert a["max_abs_activation"] == pytest.approx(b["max_abs_activation"], rel=1e-6)
+    # The same blocks to the same policy (the reasons count other layers).
+    pins = [r[:2] for r in adaptive.pins_from(copy_only)]
+    assert pins == [r[:2] for r in adaptive.pins_from(both)]
+    assert [p for p, _ in pins] == [block[:-1]] and pins[0][1] in ("float32", "mixed_bfloat16")
+
+
 def test_an_ordinary_model_gets_no_pins_and_says_why(tiny_bert_dir):
     model = models.load_classifier(tiny_bert_dir, num_classes=3, sequence_length=16,
                                    policy="mixed_float16")

@@ -64,7 +64,8 @@ def calibrate(model, data, policy, batches=4, loss_scale=None, log=print):
             "float32's range: nothing to calibrate, no layer pinned.")
         return policy, None, 0.0
     start = time.perf_counter()
-    result = diagnose.diagnose(model, data, loss_scale=loss_scale, batches=batches)
+    result = diagnose.diagnose(model, data, loss_scale=loss_scale, batches=batches,
+                               actual=False)  # the float32 copy only: see _measure
     rows = pins_from(result)
     policy = dataclasses.replace(policy, layer_map=tuple(policy.layer_map) + tuple(rows))
     precision.apply_pins(model, policy)

@@ -65,7 +65,8 @@ def _loss_scale(model, policy_name):
 
 
 def _run_probed(model, x, y, loss_fn, scale):
-    """Per leaf layer (execution order): lists of its output and output-gradient arrays."""
+    """Per leaf layer (execution order): the statistics of its outputs and of their
+    gradients, each (peak, underflow share, non-finite) or None when it has none."""
     import tensorflow as tf
 
     leaves = [l for _, l in _leaf_layers(model)]
@@ -95,23 +96,45 @@ def _run_probed(model, x, y, loss_fn, scale):
     finally:
         for layer in leaves:
             object.__delattr__(layer, "call")
+    # Counted in TensorFlow, one transfer at the end: copying every activation out to
+    # numpy took a quarter of a calibration pass on MiniLM.
+    counts = [_counts(t) for _, t in records] + [_counts(g) for g in grads if g is not None]
+    counts = iter(tf.stack(counts).numpy().tolist() if counts else [])
     per_layer = [([], []) for _ in leaves]
-    for (i, t), g in zip(records, grads):
-        per_layer[i][0].append(np.asarray(t, dtype=np.float32))
+    values = [next(counts) for _ in records]
+    for (i, _), c in zip(records, values):
+        per_layer[i][0].append(c)
+    for (i, _), g in zip(records, grads):
         if g is not None:
-            per_layer[i][1].append(np.asarray(g, dtype=np.float32))
-    return leaves, per_layer, float(loss)
+            per_layer[i][1].append(next(counts))
+    stats = [(_stats(acts), _stats(grads)) for acts, grads in per_layer]
+    return leaves, stats, [bool(acts) for acts, _ in per_layer], float(loss)
 
 
-def _stats(arrays):
-    if not arrays:
+def _counts(t):
+    """[largest finite |value|, finite values, non-zero finite values, those below 2**-24,
+    values] of a tensor, as float64."""
+    import tensorflow as tf
+
+    a = tf.cast(t, tf.float32)
+    finite = tf.math.is_finite(a)
+    magnitude = tf.where(finite, tf.abs(a), 0.0)
+    nonzero = magnitude > 0
+    return tf.cast(tf.stack([
+        tf.reduce_max(magnitude) if a.shape.num_elements() != 0 else 0.0,
+        tf.reduce_sum(tf.cast(finite, tf.float32)),
+        tf.reduce_sum(tf.cast(nonzero, tf.float32)),
+        tf.reduce_sum(tf.cast(nonzero & (magnitude < FLOAT16_TINY), tf.float32)),
+        tf.cast(tf.size(a), tf.float32)]), tf.float64)
+
+
+def _stats(counts):
+    """(peak, underflow share, non-finite) over the `_counts` of a layer's tensors."""
+    if not counts:
         return None, 0.0, False
-    flat = np.concatenate([a.ravel() for a in arrays])
-    finite = flat[np.isfinite(flat)]
-    peak = float(np.abs(finite).max()) if finite.size else float("inf")
-    nonzero = np.abs(finite[finite != 0])
-    under = float(np.mean(nonzero < FLOAT16_TINY)) if nonzero.size else 0.0
-    return peak, under, bool(finite.size < flat.size)
+    peak, finite, nonzero, under, size = (np.asarray(counts).reshape(-1, 5).sum(axis=0))
+    peak = max(c[0] for c in counts) if finite else float("inf")
+    return float(peak), float(under / nonzero) if nonzero else 0.0, bool(finite < size)
 
 
 def _float32_copy(model):
@@ -134,31 +157,46 @@ def _merge(x, y, n):
     return peak, x[1] + (y[1] - x[1]) / n, x[2] or y[2]
 
 
-def _measure(model, copy, batches, loss_fn, scale):
+def _measure(model, copy, batches, loss_fn, scale, actual=True):
     """(leaves, per leaf [act, grad, actual act, actual grad] statistics over `batches`
-    (each (peak, underflow share, non-finite)), whether each leaf was called, mean loss)."""
-    merged, loss, leaves = None, 0.0, None
+    (each (peak, underflow share, non-finite)), whether each leaf was called, mean loss).
+
+    Without `actual` only the float32 copy runs, and a value past 65504 there counts
+    as non-finite in the model (float16 matmuls are Eigen's emulation on most CPUs: the
+    model's own pass took three quarters of a calibration).
+    """
+    merged, loss = None, 0.0
+    leaves = [l for _, l in _leaf_layers(model)]
+    # Training-only transforms change a layer's class in place (a subclass).
+    same = copy is not None and len(_leaf_layers(copy)) == len(leaves) and all(
+        isinstance(a, type(b)) or isinstance(b, type(a))
+        for a, (_, b) in zip(leaves, _leaf_layers(copy)))
+    actual = actual or not same
     for n, (x, y) in enumerate(batches, 1):
-        leaves, actual, batch_loss = _run_probed(model, x, y, loss_fn, scale)
-        reference = actual
-        if copy is not None:
-            ref_leaves, ref, _ = _run_probed(copy, x, y, loss_fn, scale)
-            # Training-only transforms change a layer's class in place (a subclass).
-            if len(ref_leaves) == len(leaves) and all(
-                    isinstance(a, type(b)) or isinstance(b, type(a))
-                    for a, b in zip(leaves, ref_leaves)):
-                reference = ref
-        stats = [[_stats(ref_acts), _stats(ref_grads), _stats(acts), _stats(grads)]
-                 for (acts, grads), (ref_acts, ref_grads) in zip(actual, reference)]
-        called = [bool(acts) for acts, _ in actual]
+        if actual:
+            leaves, real, called, batch_loss = _run_probed(model, x, y, loss_fn, scale)
+        reference = real if actual else None
+        if same:
+            _, reference, ref_called, ref_loss = _run_probed(copy, x, y, loss_fn, scale)
+            if not actual:
+                real = [(_past_float16(a), _past_float16(g)) for a, g in reference]
+                called, batch_loss = ref_called, ref_loss
+        stats = [[ref_act, ref_grad, act, grad] for (act, grad), (ref_act, ref_grad)
+                 in zip(real, reference)]
         merged = stats if merged is None else [
             [_merge(p, q, n) for p, q in zip(m, st)] for m, st in zip(merged, stats)]
         loss += batch_loss / len(batches)
     return leaves, merged, called, loss
 
 
+def _past_float16(stat):
+    """A float32 statistic as float16 would have it: non-finite past 65504."""
+    peak, under, nonfinite = stat
+    return peak, under, nonfinite or (peak is not None and peak > FLOAT16_MAX)
+
+
 def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN, batches=1,
-             reference=True):
+             reference=True, actual=True):
     """Runs `batches` batches of `data` through `model` with per-layer probes.
 
     Args:
@@ -174,6 +212,9 @@ def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN, 
             underflow shares: their mean).
         reference: bool. Measure magnitudes on a float32 copy (what float16 would have
             to hold); False: on the model as it is (inf where it overflows), cheaper.
+        actual: bool. Also run the model as it is, for where its values become
+            non-finite; False (with `reference`): only the float32 copy runs, and a
+            value past 65504 there counts as non-finite (calibration's choice).
 
     Returns:
         A dict: "policy", "loss_scale", "loss", "layers" (per leaf layer, in
@@ -188,7 +229,7 @@ def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN, 
     paths = {id(l): p for p, l in _leaf_layers(model)}
     copy = _float32_copy(model) if reference and model.compute_dtype != "float32" else None
     measured = _batches(model, data, batches)
-    leaves, stats, called, loss = _measure(model, copy, measured, loss_fn, scale)
+    leaves, stats, called, loss = _measure(model, copy, measured, loss_fn, scale, actual)
     layers, first_nonfinite, suggested = [], None, []
     for layer, (act, grad, real_act, real_grad), seen in zip(leaves, stats, called):
         if not seen:
