@@ -24,6 +24,9 @@ from tfmp.train import train
 
 from conftest import write_sentiment_csv  # noqa: E402  (tests/ is on sys.path)
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from overflow import scale_block  # noqa: E402
+
 ROWS, BATCH, EPOCHS = 200, 8, 2  # 160 train examples: 20 steps an epoch, 40 in all
 STEPS_PER_EPOCH = ROWS * 8 // 10 // BATCH
 TIMEOUT = 150  # seconds for one training subprocess on 2 busy cores
@@ -79,14 +82,19 @@ def csv(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def killed_and_resumed(csv, tiny_bert_dir, tmp_path_factory):
+    # Block 1 of this BERT overflows float16 (x 1e7, as in test_adaptive), so
+    # --precision-map adaptive gives it a policy of its own: the resumed run must
+    # rebuild that map from its checkpoint, not calibrate anew, to match bit for bit.
     root = tmp_path_factory.mktemp("kill")
-    whole = _run(_train_cmd(csv, tiny_bert_dir, root / "whole"))
+    model = scale_block(tiny_bert_dir, str(root / "overflowing"), 1, 1e7)
+    adaptive = ("--precision-map", "adaptive")
+    whole = _run(_train_cmd(csv, model, root / "whole", *adaptive))
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     kill_step = random.Random(5).randint(4, STEPS_PER_EPOCH - 6)  # mid-epoch 1
     out = root / "killed"
-    proc = _kill_at_step(_train_cmd(csv, tiny_bert_dir, out), str(out) + ".partial/checkpoints",
-                         kill_step)
+    proc = _kill_at_step(_train_cmd(csv, model, out, *adaptive),
+                         str(out) + ".partial/checkpoints", kill_step)
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-3000:])
     assert not out.exists()  # killed before it could finish
     # A copy of the killed run, for the tests of what resume refuses.
@@ -123,6 +131,11 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(killed_and_resumed):
     # Validation runs on the same weights at each epoch end: same numbers.
     assert history["resumed"]["val_loss"] == history["whole"]["val_loss"]
     assert not os.path.exists(runs["resumed"] / "checkpoints")  # finished: model.keras stays
+    # The precision map: calibrated once, carried through the kill.
+    maps = [json.load(open(runs[k] / "config.json"))["policy"]["layer_map"]
+            for k in ("whole", "resumed")]
+    assert maps[0] == maps[1] and [row[0] for row in maps[0]] == [
+        "bert_backbone/transformer_layer_1"]
 
 
 @pytest.mark.slow
