@@ -146,6 +146,7 @@ def test_lora_run_writes_adapters_and_a_merged_model(lora_run, tiny_bert_dir):
     assert saved["base_model_dir"] == os.path.abspath(tiny_bert_dir)
     assert os.path.isfile(os.path.join(run_dir, "adapters.safetensors"))
     assert os.listdir(os.path.join(run_dir, "logs"))  # TensorBoard
+    assert "LoRA rank 4 on 4 layers (query, value)" in open(os.path.join(run_dir, "report.md")).read()
     loaded = models.load_model(run_dir)
     np.testing.assert_allclose(loaded.predict(TEXTS, verbose=0),
                                lora_run.model.predict(TEXTS, verbose=0), atol=1e-5)
