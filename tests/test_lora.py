@@ -211,3 +211,19 @@ def test_config_round_trips_lora_fields(tmp_path):
     assert back == config
     with pytest.raises(UserError, match="--lora-targets must name"):
         TrainConfig(lora_rank=8, lora_targets=()).validate()
+
+
+@pytest.mark.slow  # a SavedModel export: about 20 s
+def test_export_of_an_adapted_classifier_starts_from_the_merged_model(tiny_bert_dir, tmp_path):
+    from tfmp.export import export_classifier
+
+    classifier = _classifier(tiny_bert_dir)
+    lora.enable(classifier, rank=4)
+    _randomize_adapters(classifier, seed=2)
+    report = export_classifier(classifier, ["negative", "neutral", "positive"], TEXTS,
+                               [0, 2, 1, 0, 2], str(tmp_path / "export"),
+                               variants=["savedmodel_fp32"])
+    assert report["passed"]
+    # The gate's reference is the merged float32 model; the adapted one agrees with it.
+    assert report["keras"]["run_policy_max_probability_difference"] < 1e-5
+    assert report["variants"]["savedmodel_fp32"]["max_probability_difference"] < 1e-5
