@@ -227,3 +227,25 @@ def test_export_of_an_adapted_classifier_starts_from_the_merged_model(tiny_bert_
     # The gate's reference is the merged float32 model; the adapted one agrees with it.
     assert report["keras"]["run_policy_max_probability_difference"] < 1e-5
     assert report["variants"]["savedmodel_fp32"]["max_probability_difference"] < 1e-5
+
+
+@pytest.mark.slow  # about 30 s
+def test_mixed_float16_lora_run_trains_under_the_loss_scale_and_is_monitored(
+        sentiment_csv, tiny_bert_dir, tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    result = train(TrainConfig(data=sentiment_csv, model=tiny_bert_dir, policy="mixed_float16",
+                               out=str(tmp_path / "run"), lost_update_every=10,
+                               headroom_every=10, **LORA_SETTINGS), verbose=0)
+    state = result.metrics["optimizer"]
+    assert state["iterations"] + state["skipped_steps"] == 36 and state["loss_scale"] >= 1
+    saved = json.load(open(os.path.join(result.run_dir, "config.json")))
+    assert saved["optimizer"]["loss_scale_optimizer"]
+    events = ea.EventAccumulator(os.path.join(result.run_dir, "logs", "train"),
+                                 size_guidance={ea.TENSORS: 0})
+    events.Reload()
+    tags = events.Tags()["tensors"]
+    # Only what trains is measured: the adapters and the head, no frozen base kernel.
+    lost = [t for t in tags if t.startswith("lost_updates/") and t != "lost_updates/all"]
+    assert len(lost) == 4 * 2 + 2 and all("lora_kernel" in t or "logits" in t for t in lost)
+    assert {"precision/loss_scale", "precision/headroom"} <= set(tags)
