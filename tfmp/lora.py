@@ -61,7 +61,7 @@ def request(classifier, config):
     The adapters are added when the model is compiled for training, by the
     `enable_requested` row of `tfmp.models.TRANSFORMS`.
     """
-    if config.lora_rank:
+    if config.lora_rank:  # past Keras' attribute tracking: a setting, not a saved state
         object.__setattr__(classifier, _REQUEST, Request(
             config.lora_rank, tuple(config.lora_targets), config.base_int8))
 
