@@ -97,6 +97,16 @@ class TrainConfig:
     clipnorm: float | None = _setting(
         1.0, "global-norm clipping of unscaled gradients; 0 turns it off", zero_is_none=True)
     dropout: float = _setting(0.1, "dropout on the pooled output")
+    # --- LoRA (tfmp.lora) ---
+    lora_rank: int = _setting(
+        0, "train rank-R LoRA adapters (float32) on the frozen backbone's --lora-targets, "
+        "and the classifier head, instead of every weight; 0: full fine-tuning")
+    lora_targets: tuple = _setting(
+        ("query", "value"), "with --lora-rank: comma-separated backbone layer names to adapt "
+        "(query, key, value, attention_output, feedforward_intermediate_dense, "
+        "feedforward_output_dense, pooled_dense)")
+    base_int8: bool = _setting(
+        False, "with --lora-rank: freeze an int8 base (Keras quantize) under the adapters")
     # --- Splits ---
     max_train_examples: int | None = _setting(None, "cap on the training split only")
     validation_fraction: float = _setting(0.1, "share of the data held out for validation")
@@ -147,6 +157,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["labels"] = list(self.labels) if self.labels else None
         d["float32_layers"] = list(self.float32_layers)
+        d["lora_targets"] = list(self.lora_targets)
         return d
 
     @classmethod
@@ -166,6 +177,8 @@ class TrainConfig:
         check_types(d, f"{source}: ")
         d["labels"] = tuple(d["labels"]) if d.get("labels") else None
         d["float32_layers"] = tuple(d.get("float32_layers") or ())
+        if "lora_targets" in d:
+            d["lora_targets"] = tuple(d["lora_targets"])
         # Saved before --length-pool existed: grouping then sorted pools of 50 batches, and
         # a resumed run must rebuild exactly those batches.
         d.setdefault("length_pool", 50)
@@ -194,6 +207,11 @@ class TrainConfig:
             (self.precision_map in ("none", "adaptive") and self.calibration_batches >= 1,
              f"--precision-map must be none or adaptive (got {self.precision_map!r}) and "
              f"--calibration-batches at least 1 (got {self.calibration_batches})."),
+            (self.lora_rank >= 0, f"--lora-rank must be 0 (off) or more, got {self.lora_rank}."),
+            (not self.lora_rank or (self.lora_targets and all(self.lora_targets)),
+             "--lora-targets must name at least one layer (e.g. query,value)."),
+            (self.lora_rank or not self.base_int8,
+             "--base-int8 freezes an int8 base under LoRA adapters: give --lora-rank R too."),
             (self.on_decode_error in ("replace", "strict"),
              f"--on-decode-error must be 'replace' or 'strict', got {self.on_decode_error!r}."),
         ]

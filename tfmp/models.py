@@ -23,7 +23,7 @@ from typing import Callable
 import keras
 import keras_hub
 
-from tfmp import data, files, float16_cpu, layers, precision
+from tfmp import data, files, float16_cpu, layers, lora, precision
 from tfmp.errors import InputError
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.txt")
@@ -138,6 +138,8 @@ TRANSFORMS = (
     # the fp16 export is for GPUs, whose graph should hold their own float16 products.
     Transform("float16 products on float32 kernels", float16_cpu.emulate_float16_products,
               training_only=True),
+    # --lora-rank: float32 adapters on the frozen backbone (tfmp.lora); asked for by train.
+    Transform("LoRA adapters", lora.enable_requested, training_only=True),
 )
 
 
@@ -280,12 +282,13 @@ def rebuild(classifier, policy):
             dropout=classifier.dropout,
             name=classifier.name,
         )
-    clone.set_weights(classifier.get_weights())
+    lora.copy_weights(classifier, clone)  # as get_weights; LoRA/int8 kernels merged, float32
     precision.apply_pins(clone, policy)
     if policy.name != "float32":  # the source's per-layer pins (e.g. a run's adaptive map)
         own, carried = classifier.dtype_policy.name, []
         for path, layer in precision.layer_paths(classifier):  # parents first
             if (layer.dtype_policy.name != own and not isinstance(layer, keras.Model)
+                    and not layer.dtype_policy.quantization_mode  # an int8 base: merged
                     and not any(path.startswith(c + "/") for c in carried)):
                 precision.pin_float32(clone, [path], dtype=layer.dtype_policy.name)
                 carried.append(path)

@@ -31,7 +31,7 @@ import keras
 import numpy as np
 
 from tfmp import adaptive, callbacks, checkpoint, data, distribute, files, headroom, lost_updates
-from tfmp import models, optimizer, precision, recovery, report, rundir, runrecord, signals
+from tfmp import lora, models, optimizer, precision, recovery, report, rundir, runrecord, signals
 from tfmp.config import TrainConfig, config_differences, config_hash
 from tfmp.errors import Interrupted, TrainingStopped, UserError
 
@@ -207,7 +207,10 @@ def _train_in_scope(run):
         f"{len(splits.test)}; {truncated} training texts truncated to {config.seq_len} tokens.")
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
+    lora.request(model, config)  # enabled by compiling (models.TRANSFORMS)
     compile_classifier(model, run.policy, total_steps, config)
+    if lora.adapted(model):
+        run.log(lora.summary(model))
     if run.source:
         run.extra_callbacks = tuple(run.source.prepare(model, run))
     if run.dist.num_replicas > 1:  # workarounds for Keras 3.15, see tfmp.distribute
@@ -236,6 +239,10 @@ def _train_in_scope(run):
                                   **{"test evaluation": time.perf_counter() - clock})
         run_config = runrecord.run_config(run, model, total_steps, steps_per_epoch, truncated)
         text_report = metrics["test"].pop("classification_report")
+        if lora.adapted(model):  # adapters on their own; model.keras: W + A·B·scale, float32
+            run_config["lora"] = lora.save_adapters(model, os.path.join(staging, lora.ADAPTERS),
+                                                    config.model or models.default_model_dir())
+            model = models.rebuild(model, run.policy)
         rundir.write_run_files(staging, run_config, metrics, history, run.label_map,
                                text_report)
         models.save_inference_model(model, os.path.join(staging, rundir.MODEL))

@@ -21,7 +21,7 @@ import tfmp.export.onnx as onnx
 import tfmp.export.savedmodel as savedmodel
 import tfmp.export.target as exportdir
 import tfmp.export.tflite as tflite
-from tfmp import files, models, precision
+from tfmp import files, lora, models, precision
 from tfmp.data import TOKEN_KEYS
 from tfmp.errors import UserError
 from tfmp.export.gate import (SIZE_REFERENCE, ExportGateError, check_gate, class_recalls,
@@ -143,9 +143,9 @@ def _float32(classifier):
     # The TFLite converter fails on a mixed_float16 graph, and a float32 copy of the
     # weights is what serving on CPU wants anyway: every variant starts from it.
     policy = precision.serving_policy("fp32")
-    if classifier.backbone.dtype_policy.name == policy:
+    if classifier.backbone.dtype_policy.name == policy and not lora.adapted(classifier):
         return classifier
-    return models.rebuild(classifier, policy)
+    return models.rebuild(classifier, policy)  # LoRA: plain kernels W + A·B·scale (float32)
 
 
 def _reference(classifier, float32, texts, label_ids):
