@@ -62,7 +62,8 @@ class WordPiece:
     """
 
     def __init__(self, vocabulary_file, sequence_length, lowercase=True, strip_accents=False,
-                 split_on_cjk=True, oov_token="[UNK]", suffix_indicator="##"):
+                 split_on_cjk=True, oov_token="[UNK]", suffix_indicator="##",
+                 features=TOKEN_KEYS):
         import regex
         from tokenizers import Tokenizer, models
 
@@ -71,6 +72,7 @@ class WordPiece:
         self.vocabulary = {token: i for i, token in enumerate(vocabulary)}
         self.sequence_length = int(sequence_length)
         self.lowercase, self.strip_accents = lowercase, strip_accents
+        self.features = tuple(features)  # the model's inputs (DistilBERT: no segment_ids)
         delimiters = "|".join([_WHITESPACE, _PUNCTUATION] + ([_CJK] if split_on_cjk else []))
         self._delimiter = regex.compile(delimiters)
         self._keep = regex.compile("|".join([_PUNCTUATION] + ([_CJK] if split_on_cjk else [])))
@@ -94,7 +96,10 @@ class WordPiece:
                              "serve it without TensorFlow.") from None
         except ValueError as e:
             raise InputError(f"{path}: not JSON ({e}); export the run again.") from None
-        return cls(os.path.join(directory, "vocab.txt"), **settings)
+        keys = ("sequence_length", "lowercase", "strip_accents", "split_on_cjk", "oov_token",
+                "suffix_indicator", "features")
+        return cls(os.path.join(directory, "vocab.txt"),
+                   **{k: settings[k] for k in keys if k in settings})
 
     def words(self, text):
         """keras-hub's pre-tokenization of one text (accents, split, case folding)."""
@@ -133,8 +138,9 @@ class WordPiece:
             row = [self._cls] + ids[:length - 2] + [self._sep]
             token_ids[i, :len(row)] = row
             padding_mask[i, :len(row)] = 1
-        return {"token_ids": token_ids, "padding_mask": padding_mask,
-                "segment_ids": np.zeros((n, length), np.int32)}
+        out = {"token_ids": token_ids, "padding_mask": padding_mask,
+               "segment_ids": np.zeros((n, length), np.int32)}
+        return {k: out[k] for k in self.features}
 
 
 def settings_of(preprocessor):
