@@ -83,10 +83,12 @@ _ROBERTA_SPECIALS = dict(position_offset=2, features=("token_ids", "padding_mask
                          head="first_token_tanh")
 
 FAMILIES = {f.model_type: f for f in (
-    Family("bert", "BertBackbone", "BertTokenizer", "BertTextClassifierPreprocessor",
+    # keras-hub's WordPiece lowercases with NFKC: tfmp.normalize runs HF's BertNormalizer.
+    Family("bert", "BertBackbone", "tfmp.normalize:NormalizingBertTokenizer",
+           "BertTextClassifierPreprocessor",
            features=("token_ids", "padding_mask", "segment_ids"), head="pooled",
            hf_class="BertForSequenceClassification", compress_refusal=None, **_WORDPIECE),
-    Family("distilbert", "DistilBertBackbone", "DistilBertTokenizer",
+    Family("distilbert", "DistilBertBackbone", "tfmp.normalize:NormalizingDistilBertTokenizer",
            "DistilBertTextClassifierPreprocessor", features=("token_ids", "padding_mask"),
            head="first_token_relu", hf_class="DistilBertForSequenceClassification",
            **dict(_WORDPIECE, hf_tokenizer="DistilBertTokenizerFast")),
@@ -175,13 +177,13 @@ def build_tokenizer(family, model_dir):
     if family.tokenizer_kind == "wordpiece":
         # HF's BertTokenizer strips accents when it lowercases, unless told otherwise.
         strip = settings.get("strip_accents")
-        return cls(vocabulary=paths[0], lowercase=lowercase,
-                   strip_accents=lowercase if strip is None else bool(strip))
+        return cls(vocabulary=paths[0], normalize_lowercase=lowercase,
+                   normalize_strip_accents=lowercase if strip is None else bool(strip))
     if family.tokenizer_kind == "bpe":
         return cls(vocabulary=paths[0], merges=paths[1])
     if family.model_type == "albert":
-        return cls(proto=paths[0], lowercase=lowercase,
-                   strip_accents=not settings.get("keep_accents", False))
+        return cls(proto=paths[0], normalize_lowercase=lowercase,
+                   normalize_strip_accents=not settings.get("keep_accents", False))
     return cls(proto=paths[0])
 
 
@@ -223,8 +225,8 @@ def tokenizer_settings(family, preprocessor):
                     pad=int(tokenizer.pad_token_id) if family.tokenizer_kind != "wordpiece"
                     else int(tokenizer.token_to_id("[PAD]")),
                     fairseq_offset=family.fairseq_offset)
-    if hasattr(tokenizer, "strip_accents") and family.tokenizer_kind == "sentencepiece":
-        # tfmp.normalize's ALBERT tokenizer: the same steps before SentencePiece.
-        settings["normalize"] = {"lowercase": tokenizer.lowercase,
-                                 "strip_accents": tokenizer.strip_accents}
+    if hasattr(tokenizer, "normalize_lowercase"):
+        # tfmp.normalize's tokenizers: the same steps before WordPiece / SentencePiece.
+        settings["normalize"] = {"lowercase": tokenizer.normalize_lowercase,
+                                 "strip_accents": tokenizer.normalize_strip_accents}
     return settings

@@ -20,7 +20,7 @@ import numpy as np
 
 from tfmp import families, files, precision
 from tfmp.errors import UserError
-from tfmp.export import hfweights
+import tfmp.export.hfweights as hfweights
 from tfmp.export.gate import Gate
 from tfmp.export.variant import Variant, softmax
 
@@ -35,15 +35,16 @@ def backbone_tensors(backbone, prefix=""):
     return {prefix + k: v for k, v in hfweights.hf_backbone(backbone)[1].items()}
 
 
-def _write_tokenizer_config(family, path, lowercase, model_max_length):
+def _write_tokenizer_config(family, path, lowercase, model_max_length, strip_accents=None):
     config = {"model_max_length": model_max_length}
     if family.tokenizer_kind == "wordpiece":
         config.update(tokenizer_class=family.hf_tokenizer.replace("Fast", ""),
-                      do_lower_case=lowercase, strip_accents=None, unk_token="[UNK]",
+                      do_lower_case=lowercase, strip_accents=strip_accents, unk_token="[UNK]",
                       sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
                       mask_token="[MASK]")
     elif family.model_type == "albert":
-        config.update(do_lower_case=lowercase, keep_accents=not lowercase)
+        config.update(do_lower_case=lowercase, keep_accents=not (
+            lowercase if strip_accents is None else strip_accents))
     files.write_json(os.path.join(path, "tokenizer_config.json"), config)
 
 
@@ -84,8 +85,13 @@ def save_checkpoint(backbone, vocabulary, path, lowercase=True, classifier=None,
             with open(vocabulary, encoding="utf-8") as f:
                 vocabulary = f.read().splitlines()
         files.write_atomic(os.path.join(path, "vocab.txt"), "\n".join(vocabulary) + "\n")
+    # How the tokenizer strips accents: tfmp.normalize's own setting, or a keras-hub
+    # WordPiece's (which strips only when told, while HF's default follows lowercase).
+    strip = getattr(tokenizer, "normalize_strip_accents", getattr(tokenizer, "strip_accents",
+                                                                  None))
     _write_tokenizer_config(family, path, lowercase,
-                            model_max_length or backbone.max_sequence_length)
+                            model_max_length or backbone.max_sequence_length,
+                            None if strip is None else bool(strip))
     return path
 
 
@@ -104,7 +110,8 @@ def write(ctx):
     # The run trained on texts cut at its --seq-len, not the backbone's 512 positions:
     # a tokenizer that truncates later gives PyTorch users inputs the head never saw.
     length = int(classifier.preprocessor.sequence_length)
-    lowercase = bool(getattr(tokenizer, "lowercase", False))
+    lowercase = bool(getattr(tokenizer, "normalize_lowercase",
+                             getattr(tokenizer, "lowercase", False)))
     save_checkpoint(classifier.backbone, None, ctx.path, lowercase=lowercase,
                     classifier=classifier, label_names=ctx.label_names,
                     model_max_length=length, tokenizer=tokenizer)

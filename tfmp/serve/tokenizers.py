@@ -21,6 +21,7 @@ import numpy as np
 
 from tfmp.errors import InputError
 from tfmp.serve import wordpiece
+from tfmp.serve.wordpiece import bert_normalize  # noqa: F401  (tfmp.normalize imports it here)
 
 SETTINGS = wordpiece.SETTINGS
 
