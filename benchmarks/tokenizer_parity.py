@@ -5,7 +5,7 @@
     python benchmarks/tokenizer_parity.py --model roberta=/path/to/roberta-base
 
 For each family: the checkpoint's tokenizer as tfmp builds it (keras-hub's, in the
-TensorFlow graph, `tfmp.families.build_tokenizer`), as transformers builds it
+TensorFlow graph as tf.data and the SavedModel run it, `tfmp.families.build_tokenizer`), as transformers builds it
 (`AutoTokenizer.from_pretrained`, specials included), and as `tfmp predict` runs it
 without TensorFlow (`tfmp.serve.tokenizers`, from the files `tfmp export` writes).
 Texts: the 14,638 airline tweets and `tests/data/multilingual.txt` (Chinese, Arabic,
@@ -43,10 +43,12 @@ def graph_ids(model_dir, texts, batch_size=512):
     family = families.family_of(model_dir)
     tokenizer = families.build_tokenizer(family, model_dir)
     settings = _specials(family, tokenizer)
+    # In a tf.function, as in tf.data and the SavedModel: called eagerly, keras-hub's
+    # tokenizers take another (Python) path, with other splitting rules.
+    graph = tf.function(lambda x: tokenizer(x))
     out = []
     for start in range(0, len(texts), batch_size):
-        ragged = tokenizer(tf.constant(texts[start:start + batch_size]))
-        rows = ragged.to_list() if hasattr(ragged, "to_list") else ragged
+        rows = graph(tf.constant(texts[start:start + batch_size])).to_list()
         out += [[settings[0]] + [int(i) for i in row] + [settings[1]] for row in rows]
     return out
 

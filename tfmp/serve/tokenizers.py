@@ -49,23 +49,95 @@ def pack(ids_per_text, settings):
     return {k: out[k] for k in settings["features"]}
 
 
+# keras-hub's byte-pair pre-tokenization (byte_pair_tokenizer.py), RE2 patterns in the
+# `regex` module's syntax: RE2's \s is [\t\n\f\r ] only, so it is spelled out.
+_S = r"\t\n\f\r "
+_SPECIAL_SPACES = "\xa0\u2009\u202f\u3000"
+_SPLIT_1 = (r"'s|'t|'re|'ve|'m|'ll|'d" + rf"|[{_S}{_SPECIAL_SPACES}]+[\n\r\t\f६{_SPECIAL_SPACES}]"
+            + r"| ?\p{L}+| ?[\p{N}]+" + rf"| ?[^{_S}\p{{L}}\p{{N}}{_SPECIAL_SPACES}]+")
+_SPLIT_2 = rf"[ \t\r\f\v६{_SPECIAL_SPACES}]\Z"  # RE2's $ is the end of the text
+
+
+def _bytes_to_unicode():
+    """GPT-2's byte -> printable character table (as keras-hub and `tokenizers` use)."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    table, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:  # the others, in order, from U+0100 on
+            table[b] = chr(256 + n)
+            n += 1
+    return table
+
+
+def _regex_split(text, pattern):
+    """tf_text.regex_split(text, pattern, pattern): the matches and the gaps between."""
+    out, position = [], 0
+    for match in pattern.finditer(text):
+        if match.start() > position:
+            out.append(text[position:match.start()])
+        if match.group():
+            out.append(match.group())
+        position = match.end()
+    if position < len(text):
+        out.append(text[position:])
+    return out
+
+
 class BytePair:
-    """RoBERTa's byte-level BPE (vocab.json, merges.txt) without TensorFlow."""
+    """RoBERTa's byte-level BPE (vocab.json, merges.txt) without TensorFlow.
+
+    keras-hub splits words with its own RE2 version of GPT-2's pattern (it lacks the
+    lookahead, and differs from GPT-2 on runs of spaces), so this runs that splitting
+    (ported, `_SPLIT_1`/`_SPLIT_2`) and Hugging Face `tokenizers`' BPE on each word.
+    """
+
+    SPECIALS = ("<s>", "</s>", "<pad>", "<unk>", "<mask>")
 
     def __init__(self, directory, settings):
-        from tokenizers import Tokenizer, models, pre_tokenizers
+        import regex
+        from tokenizers import Tokenizer, models
 
         vocab, merges = (os.path.join(directory, f) for f in settings["files"])
         self.settings = settings
+        with open(vocab, encoding="utf-8") as f:
+            self._vocabulary = json.load(f)
         self._tokenizer = Tokenizer(models.BPE.from_file(vocab, merges))
-        self._tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False,
-                                                                 use_regex=True)
+        self._byte = _bytes_to_unicode()
+        self._split_1, self._split_2 = regex.compile(_SPLIT_1), regex.compile(_SPLIT_2)
         # keras-hub keeps its special tokens whole when they appear in the text.
-        self._tokenizer.add_special_tokens(["<s>", "</s>", "<pad>", "<unk>", "<mask>"])
+        self._specials = regex.compile("|".join(regex.escape(t) for t in self.SPECIALS))
+
+    def words(self, text):
+        """keras-hub's split of one text into the words BPE encodes."""
+        import regex
+
+        text = regex.sub(rf"( )([^{_S}{_SPECIAL_SPACES}])", r"६\1\2", text)
+        text = regex.sub(rf"([{_S}]{_SPECIAL_SPACES})\Z", r"\1६", text)
+        words = []
+        for piece in _regex_split(text, self._specials):
+            if piece in self.SPECIALS:
+                words.append(piece)
+                continue
+            for token in _regex_split(piece, self._split_1):
+                words += _regex_split(token, self._split_2)
+        return [w for w in words if w != "६"]
 
     def tokenize(self, texts):
-        return [e.ids for e in self._tokenizer.encode_batch(list(texts),
-                                                            add_special_tokens=False)]
+        out = []
+        for text in texts:
+            words = self.words(text)
+            mapped = ["".join(self._byte[b] for b in w.encode("utf-8"))
+                      for w in words if w not in self.SPECIALS]
+            encoded = iter(self._tokenizer.encode_batch(
+                [[m] for m in mapped], is_pretokenized=True, add_special_tokens=False))
+            ids = []
+            for w in words:
+                ids += [self._vocabulary[w]] if w in self.SPECIALS else next(encoded).ids
+            out.append(ids)
+        return out
 
     def __call__(self, texts):
         return pack(self.tokenize(texts), self.settings)
