@@ -23,7 +23,7 @@ from tiny_families import airline_texts, multilingual_texts  # noqa: E402
 
 # Lowest share of texts whose ids are identical: (against HF, TF-free against in-graph).
 TOLERANCES = {"bert": (1.0, 1.0), "distilbert": (1.0, 1.0), "roberta": (0.99, 1.0),
-              "xlm-roberta": (0.97, 0.99), "albert": (0.95, 0.99)}
+              "xlm-roberta": (0.95, 0.99), "albert": (0.95, 0.99)}
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,7 @@ def corpora():
     return {"airline": airline_texts()[:300], "multilingual": multilingual_texts()}
 
 
+@pytest.mark.slow  # 6-30 s a family on 2 shared cores
 @pytest.mark.parametrize("family", list(TOLERANCES))
 def test_in_graph_ids_match_hugging_face_and_predict(tiny_family_dirs, corpora, family):
     from tfmp import models
