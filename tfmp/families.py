@@ -97,7 +97,7 @@ FAMILIES = {f.model_type: f for f in (
            tokenizer_files=("vocab.json", "merges.txt"),
            hf_class="RobertaForSequenceClassification", hf_tokenizer="RobertaTokenizerFast",
            **_ROBERTA_SPECIALS),
-    Family("xlm-roberta", "XLMRobertaBackbone", "XLMRobertaTokenizer",
+    Family("xlm-roberta", "XLMRobertaBackbone", "tfmp.normalize:NormalizingXLMRobertaTokenizer",
            "XLMRobertaTextClassifierPreprocessor", tokenizer_kind="sentencepiece",
            tokenizer_files=("sentencepiece.bpe.model",), fairseq_offset=True,
            hf_class="XLMRobertaForSequenceClassification",
@@ -229,4 +229,5 @@ def tokenizer_settings(family, preprocessor):
         # tfmp.normalize's tokenizers: the same steps before WordPiece / SentencePiece.
         settings["normalize"] = {"lowercase": tokenizer.normalize_lowercase,
                                  "strip_accents": tokenizer.normalize_strip_accents}
+        settings["normalizer"] = tokenizer.normalizer
     return settings

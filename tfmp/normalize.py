@@ -24,7 +24,19 @@ against transformers.
 import keras
 import keras_hub
 
-from tfmp.serve.tokenizers import bert_normalize, python_normalize
+from tfmp.serve.tokenizers import bert_normalize, python_normalize, spaces_normalize
+
+
+def graph_spaces(inputs, lowercase=False, strip_accents=False):
+    """`spaces_normalize` (XLM-R's) on a string tensor."""
+    import tensorflow as tf
+
+    return tf.strings.regex_replace(inputs, _RE2_SPACES, " ")
+
+
+# tfmp.serve.tokenizers.SPACES in RE2's syntax.
+_RE2_SPACES = (r"[\x{b}\x{c}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}"
+               r"\x{205f}\x{3000}]")
 
 
 def graph_normalize(inputs, lowercase=True, strip_accents=True):
@@ -32,7 +44,7 @@ def graph_normalize(inputs, lowercase=True, strip_accents=True):
     import tensorflow as tf
     import tensorflow_text as tf_text
 
-    x = tf.strings.regex_replace(inputs, "``|''", '"')
+    x = graph_spaces(tf.strings.regex_replace(inputs, "``|''", '"'))
     if strip_accents:
         x = tf_text.normalize_utf8(x, "NFKD")
         x = tf.strings.regex_replace(x, r"\p{M}", "")  # HF strips every mark (Mn, Mc, Me)
@@ -62,6 +74,7 @@ class _Normalizing:
     """A keras-hub tokenizer that normalises its input first (graph or Python)."""
 
     _graph, _python = staticmethod(graph_normalize), staticmethod(python_normalize)
+    normalizer = "albert"  # tfmp's tokenizer.json names it for tfmp.serve.tokenizers
 
     def _normalized(self, inputs):
         import tensorflow as tf
@@ -100,8 +113,19 @@ class NormalizingAlbertTokenizer(_Normalizing, keras_hub.models.AlbertTokenizer)
         super().__init__(proto=proto, **kwargs)
 
 
+@keras.saving.register_keras_serializable(package="tfmp")
+class NormalizingXLMRobertaTokenizer(_Normalizing, keras_hub.models.XLMRobertaTokenizer):
+    """keras-hub's `XLMRobertaTokenizer` with Unicode spaces as " " (Hugging Face splits
+    words at them; SentencePiece alone keeps NEL and the like inside pieces)."""
+
+    _graph, _python = staticmethod(graph_spaces), staticmethod(spaces_normalize)
+    normalizer = "spaces"
+    normalize_lowercase = normalize_strip_accents = False
+
+
 class _NormalizingWordPiece(_Normalizing):
     _graph, _python = staticmethod(graph_bert_normalize), staticmethod(bert_normalize)
+    normalizer = "bert"
 
     def __init__(self, vocabulary=None, normalize_lowercase=True,
                  normalize_strip_accents=True, **kwargs):

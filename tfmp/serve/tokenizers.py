@@ -26,9 +26,22 @@ from tfmp.serve.wordpiece import bert_normalize  # noqa: F401  (tfmp.normalize i
 SETTINGS = wordpiece.SETTINGS
 
 
+# Unicode White_Space that SentencePiece keeps inside pieces but Hugging Face's
+# WhitespaceSplit splits at (Rust's char::is_whitespace): NEL and the like, which
+# mis-encoded tweets hold (an emoji's UTF-8 bytes read as cp1252).
+SPACES = "[\x0b\x0c\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
+
+def spaces_normalize(text, lowercase=False, strip_accents=False):
+    """XLM-R: every Unicode space to " ", as Hugging Face's split sees them."""
+    import re
+
+    return re.sub(SPACES, " ", text)
+
+
 def python_normalize(text, lowercase=True, strip_accents=True):
     """Hugging Face ALBERT's normaliser (before SentencePiece's own), in Python."""
-    text = text.replace("``", '"').replace("''", '"')
+    text = spaces_normalize(text.replace("``", '"').replace("''", '"'))
     if strip_accents:
         text = "".join(c for c in unicodedata.normalize("NFKD", text)
                        if not unicodedata.category(c).startswith("M"))
@@ -153,10 +166,12 @@ class SentencePiece:
         self._model = sentencepiece.SentencePieceProcessor(
             model_file=os.path.join(directory, settings["files"][0]))
         self._normalize = settings.get("normalize")  # ALBERT: {lowercase, strip_accents}
+        self._normalizer = (spaces_normalize if settings.get("normalizer") == "spaces"
+                            else python_normalize)
 
     def tokenize(self, texts):
         if self._normalize:
-            texts = [python_normalize(t, **self._normalize) for t in texts]
+            texts = [self._normalizer(t, **self._normalize) for t in texts]
         ids = self._model.encode(list(texts))
         if self.settings.get("fairseq_offset"):
             # fairseq's ids: <s> <pad> </s> <unk> first, so piece i is i + 1 and the
