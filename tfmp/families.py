@@ -200,8 +200,11 @@ def write_tokenizer_files(family, tokenizer, directory):
             f"{m}\n" for m in tokenizer.merges))
     else:
         proto = tokenizer.proto
+        if not isinstance(proto, bytes):  # a path
+            with open(proto, "rb") as f:
+                proto = f.read()
         with open(paths[0], "wb") as f:
-            f.write(proto if isinstance(proto, bytes) else open(proto, "rb").read())
+            f.write(proto)
     return paths
 
 
@@ -218,12 +221,11 @@ def tokenizer_settings(family, preprocessor):
                         split_on_cjk=bool(tokenizer.split_on_cjk),
                         oov_token=tokenizer.oov_token,
                         suffix_indicator=tokenizer.suffix_indicator)
-    settings.update(start=int(tokenizer.start_token_id) if family.tokenizer_kind != "wordpiece"
-                    else int(tokenizer.token_to_id("[CLS]")),
-                    end=int(tokenizer.end_token_id) if family.tokenizer_kind != "wordpiece"
-                    else int(tokenizer.token_to_id("[SEP]")),
-                    pad=int(tokenizer.pad_token_id) if family.tokenizer_kind != "wordpiece"
-                    else int(tokenizer.token_to_id("[PAD]")),
+    if family.tokenizer_kind == "wordpiece":
+        ids = [tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")]
+    else:
+        ids = [tokenizer.start_token_id, tokenizer.end_token_id, tokenizer.pad_token_id]
+    settings.update(zip(("start", "end", "pad"), map(int, ids)),
                     fairseq_offset=family.fairseq_offset)
     if hasattr(tokenizer, "normalize_lowercase"):
         # tfmp.normalize's tokenizers: the same steps before WordPiece / SentencePiece.

@@ -120,7 +120,12 @@ class NormalizingXLMRobertaTokenizer(_Normalizing, keras_hub.models.XLMRobertaTo
 
     _graph, _python = staticmethod(graph_spaces), staticmethod(spaces_normalize)
     normalizer = "spaces"
-    normalize_lowercase = normalize_strip_accents = False
+
+    def __init__(self, proto=None, normalize_lowercase=False, normalize_strip_accents=False,
+                 **kwargs):
+        # XLM-R's tokenizer neither lowercases nor strips accents (kept for get_config).
+        self.normalize_lowercase = self.normalize_strip_accents = False
+        super().__init__(proto=proto, **kwargs)
 
 
 class _NormalizingWordPiece(_Normalizing):
