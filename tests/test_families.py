@@ -69,6 +69,20 @@ def test_a_missing_tokenizer_file_is_named(tiny_family_dirs, tmp_path):
         models.check_checkpoint_dir(broken)
 
 
+def test_a_bare_model_checkpoint_says_to_save_the_task_model(tiny_family_dirs, tmp_path):
+    """keras-hub's DistilBERT converter reads "distilbert.<name>": a bare DistilBertModel's
+    save (no prefix) must be an exit-2 error that says so, not a safetensors traceback."""
+    from safetensors.numpy import load_file, save_file
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_family_dirs["distilbert"], bare)
+    tensors = load_file(bare / "model.safetensors")
+    save_file({k.removeprefix("distilbert."): v for k, v in tensors.items()},
+              bare / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InputError, match="'distilbert.embeddings...'"):
+        models.load_classifier(str(bare), num_classes=3, sequence_length=16, policy="float32")
+
+
 @pytest.mark.parametrize("family", OTHER_FAMILIES)
 def test_every_policy_builds_float32_logits_close_to_float32(tiny_family_dirs, family):
     model_dir = tiny_family_dirs[family]

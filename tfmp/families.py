@@ -46,6 +46,10 @@ class Family:
     head: str  # a key of HEADS
     hf_class: str  # transformers' ...ForSequenceClassification
     hf_tokenizer: str  # transformers' tokenizer class, for the hf export
+    # The prefix of the backbone's weights in a ...ForSequenceClassification (or
+    # ...ForMaskedLM) checkpoint; keras-hub's DistilBERT, RoBERTa and ALBERT converters
+    # need it ("distilbert.embeddings..."), BERT's and XLM-R's do not.
+    weights_prefix: str = ""
     # HF position rows before the first token's (RoBERTa's padding_idx + 1 = 2).
     position_offset: int = 0
     # The sentencepiece ids are shifted by the fairseq offset (XLM-R: <s> <pad> </s> <unk>).
@@ -87,27 +91,32 @@ FAMILIES = {f.model_type: f for f in (
     Family("bert", "BertBackbone", "tfmp.normalize:NormalizingBertTokenizer",
            "BertTextClassifierPreprocessor",
            features=("token_ids", "padding_mask", "segment_ids"), head="pooled",
-           hf_class="BertForSequenceClassification", compress_refusal=None, **_WORDPIECE),
+           hf_class="BertForSequenceClassification", compress_refusal=None,
+           weights_prefix="bert.", **_WORDPIECE),
     Family("distilbert", "DistilBertBackbone", "tfmp.normalize:NormalizingDistilBertTokenizer",
            "DistilBertTextClassifierPreprocessor", features=("token_ids", "padding_mask"),
            head="first_token_relu", hf_class="DistilBertForSequenceClassification",
+           weights_prefix="distilbert.",
            **dict(_WORDPIECE, hf_tokenizer="DistilBertTokenizerFast")),
     Family("roberta", "RobertaBackbone", "RobertaTokenizer",
            "RobertaTextClassifierPreprocessor", tokenizer_kind="bpe",
            tokenizer_files=("vocab.json", "merges.txt"),
            hf_class="RobertaForSequenceClassification", hf_tokenizer="RobertaTokenizerFast",
+           weights_prefix="roberta.",
            **_ROBERTA_SPECIALS),
     Family("xlm-roberta", "XLMRobertaBackbone", "tfmp.normalize:NormalizingXLMRobertaTokenizer",
            "XLMRobertaTextClassifierPreprocessor", tokenizer_kind="sentencepiece",
            tokenizer_files=("sentencepiece.bpe.model",), fairseq_offset=True,
            hf_class="XLMRobertaForSequenceClassification",
-           hf_tokenizer="XLMRobertaTokenizerFast", **_ROBERTA_SPECIALS),
+           hf_tokenizer="XLMRobertaTokenizerFast", weights_prefix="roberta.",
+           **_ROBERTA_SPECIALS),
     # keras-hub's AlbertTokenizer skips HF's lowercasing and accent stripping.
     Family("albert", "AlbertBackbone", "tfmp.normalize:NormalizingAlbertTokenizer",
            "AlbertTextClassifierPreprocessor",
            tokenizer_kind="sentencepiece", tokenizer_files=("spiece.model",),
            features=("token_ids", "padding_mask", "segment_ids"), head="pooled",
-           hf_class="AlbertForSequenceClassification", hf_tokenizer="AlbertTokenizerFast"),
+           hf_class="AlbertForSequenceClassification", hf_tokenizer="AlbertTokenizerFast",
+           weights_prefix="albert."),
 )}
 SUPPORTED = ", ".join(FAMILIES)
 

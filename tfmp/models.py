@@ -221,6 +221,20 @@ class BertClassifier(keras_hub.models.TextClassifier):
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
 
 
+def _load_backbone(family, model_dir):
+    try:
+        return family.backbone_class().from_preset(model_dir)
+    except Exception as e:  # safetensors' own error type, which it does not export
+        if "does not contain tensor" not in str(e):
+            raise
+        raise InputError(
+            f"'{os.path.join(model_dir, 'model.safetensors')}' lacks a weight keras-hub "
+            f"reads ({e}). keras-hub's {family.model_type} converter expects the weights "
+            f"named as in a ...ForSequenceClassification or ...ForMaskedLM checkpoint "
+            f"('{family.weights_prefix}embeddings...'); save the task model rather than the "
+            "bare one (`AutoModelForMaskedLM...save_pretrained`).") from None
+
+
 def load_classifier(model_dir=None, num_classes=2, sequence_length=128, policy=None,
                     dropout=0.1):
     """A `BertClassifier` (backbone + preprocessor) under `policy`.
@@ -251,7 +265,7 @@ def load_classifier(model_dir=None, num_classes=2, sequence_length=128, policy=N
             f"the checkpoint in '{model_dir}'. Use --seq-len {max_positions} or less."
         )
     with precision.policy_scope(policy):
-        backbone = family.backbone_class().from_preset(model_dir)
+        backbone = _load_backbone(family, model_dir)
         classifier = BertClassifier(
             backbone=backbone,
             num_classes=num_classes,

@@ -185,16 +185,13 @@ def albert(backbone):
 # {model_type: backbone -> (config.json dict, {HF name without the model prefix: array})}
 WRITERS = {"bert": bert, "distilbert": distilbert, "roberta": roberta,
            "xlm-roberta": xlm_roberta, "albert": albert}
-# The prefix of the backbone's weights inside a ...ForSequenceClassification checkpoint.
-PREFIXES = {"bert": "bert.", "distilbert": "distilbert.", "roberta": "roberta.",
-            "xlm-roberta": "roberta.", "albert": "albert."}
 
 
 def hf_backbone(backbone, prefix=False):
     """(config, tensors) of any family's backbone; `prefix` adds the model's HF prefix."""
     family = families.by_backbone(backbone)
     config, tensors = WRITERS[family.model_type](backbone)
-    start = PREFIXES[family.model_type] if prefix else ""
+    start = family.weights_prefix if prefix else ""
     return config, {start + k: np.ascontiguousarray(v) for k, v in tensors.items()}
 
 
