@@ -17,7 +17,6 @@ moved out of its position table, so that loading must fold it back as keras-hub 
 """
 
 import io
-import json
 import os
 
 import numpy as np
@@ -165,15 +164,3 @@ def write_family_checkpoint(model_type, path, max_sequence_length=64, seed=0, te
     save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
     files.write_json(os.path.join(path, "config.json"), config)
     return path
-
-
-def hf_ids(directory, texts):
-    """Token ids of `texts` by transformers' AutoTokenizer of `directory`, specials included."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    return tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-
-
-def dump(obj):
-    return json.dumps(obj, ensure_ascii=False)
