@@ -168,8 +168,11 @@ def test_family_trains_resumes_and_logs(family_runs, family):
     assert os.listdir(os.path.join(result.run_dir, "logs", "train"))  # TensorBoard
     loaded = models.load_model(result.run_dir)
     assert families.by_backbone(loaded.backbone).model_type == family
+    # The trained model still has its training-only transforms (the fused GELU, float16
+    # products on float32 kernels): under mixed_float16 the two agree to float16's
+    # resolution near the logits' size (~0.2), 1e-4, not bitwise.
     np.testing.assert_allclose(loaded.predict(TEXTS, verbose=0),
-                               result.model.predict(TEXTS, verbose=0), atol=1e-6)
+                               result.model.predict(TEXTS, verbose=0), atol=1e-4)
 
 
 @pytest.mark.slow
