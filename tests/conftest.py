@@ -155,3 +155,20 @@ def float32_run(sentiment_csv, tiny_bert_dir, tmp_path_factory):
     """The same run under float32. Read it; never change it."""
     return train_shared_run(sentiment_csv, tiny_bert_dir,
                             tmp_path_factory.mktemp("shared_runs") / "float32", "float32")
+
+
+# --- Tiny random checkpoints of the other families (tests/tiny_families.py) -------------
+
+OTHER_FAMILIES = ("distilbert", "roberta", "xlm-roberta", "albert")
+
+
+@pytest.fixture(scope="session")
+def tiny_family_dirs(tiny_bert_dir, tmp_path_factory):
+    """{model_type: checkpoint dir} of every family: 2 layers, 32 wide, real trained
+    tokenizers (BPE, SentencePiece, WordPiece) in the files each HF class reads."""
+    from tiny_families import tokenizer_texts, write_family_checkpoint
+
+    texts = tokenizer_texts(n_airline=2000)
+    root = tmp_path_factory.mktemp("families")
+    dirs = {f: write_family_checkpoint(f, root / f, texts=texts) for f in OTHER_FAMILIES}
+    return {"bert": tiny_bert_dir, **dirs}

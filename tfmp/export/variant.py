@@ -19,6 +19,8 @@ import numpy as np
 from tfmp.export.gate import Gate
 
 INPUTS = ("texts", "tokens")
+# The staging subdirectory the tokenizer's files are written to for the variants.
+TOKENIZER_DIRECTORY = ".tokenizer"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +71,23 @@ class Context:
         return os.path.join(self.staging, variant.path)
 
     @property
+    def tokenizer_directory(self):
+        """Where the pipeline writes the tokenizer's files before any variant (removed
+        after the last): `families.write_tokenizer_files`."""
+        return os.path.join(self.staging, TOKENIZER_DIRECTORY)
+
+    @property
+    def tokenizer_files(self):
+        """The tokenizer's files (vocab.txt; vocab.json, merges.txt; a SentencePiece model)."""
+        from tfmp import families
+
+        family = families.by_backbone(self.classifier.backbone)
+        return [os.path.join(self.tokenizer_directory, f) for f in family.tokenizer_files]
+
+    @property
     def vocabulary_file(self):
-        """The tokenizer's vocab.txt, written into `staging` before any variant."""
-        return os.path.join(self.staging, "vocab.txt")
+        """The first of `tokenizer_files` (a BERT's vocab.txt)."""
+        return self.tokenizer_files[0]
 
 
 def softmax(logits):

@@ -63,10 +63,10 @@ def from_config(path):
 
 def open_cascade(path, open_path):
     """predict(texts) of the cascade at `path` (`open_path` is runners.open_path)."""
-    from tfmp.serve import wordpiece
+    from tfmp.serve import tokenizers
 
     cascade = from_config(path)
-    tokenizer = wordpiece.WordPiece.from_directory(os.path.dirname(read_config(path)["fast"]))
+    tokenizer = tokenizers.from_directory(os.path.dirname(read_config(path)["fast"]))
 
     def predict(texts):
         features = tokenizer(texts)

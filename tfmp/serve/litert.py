@@ -2,7 +2,7 @@
 
     probabilities = TFLiteClassifier("tflite/model_int8.tflite").predict(features)
 
-Inputs are `token_ids`, `padding_mask`, `segment_ids` (int32 [batch, seq_len]); the
+Inputs are the family's `token_ids`, `padding_mask`[, `segment_ids`] (int32 [batch, seq_len]); the
 output is float32 probabilities [batch, num_classes]. The batch is resized as needed.
 """
 
@@ -52,7 +52,7 @@ class TFLiteClassifier:
         outputs = []
         for start in range(0, n, batch_size):
             chunk = {k: np.asarray(features[k][start:start + batch_size], np.int32)
-                     for k in TOKEN_KEYS}
+                     for k in self._inputs}
             self._resize(len(chunk["token_ids"]))
             for key, detail in self._inputs.items():
                 self._interpreter.set_tensor(detail["index"], chunk[key])

@@ -5,18 +5,18 @@
 
 How a variant runs is chosen by its name's kind (`KINDS`: the part before the first
 underscore). TFLite, ONNX and cascade runners import neither TensorFlow nor Keras:
-they tokenize with `wordpiece.WordPiece`. SavedModels tokenize in-graph (tensorflow
+they tokenize with `tokenizers.from_directory` (WordPiece, byte-level BPE or
+SentencePiece, as the family's graph does). SavedModels tokenize in-graph (tensorflow
 and tensorflow_text); `hf/` is read with keras-hub, as `tfmp export` measures it, and a
 `.keras` file (`keras_fp16w`) with Keras.
 """
 
-import json
 import os
 
 import numpy as np
 
 from tfmp.errors import InputError
-from tfmp.serve import wordpiece
+from tfmp.serve import tokenizers
 from tfmp.serve.litert import TFLiteClassifier
 
 # Kinds that answer without TensorFlow or Keras.
@@ -48,25 +48,33 @@ def _savedmodel(path):
 
 def _tflite(path):
     model = TFLiteClassifier(path)
-    tokenizer = wordpiece.WordPiece.from_directory(os.path.dirname(path))
+    tokenizer = tokenizers.from_directory(os.path.dirname(path))
     return _tokenized(lambda f: model.predict(f, batch_size=len(f["token_ids"])), tokenizer)
 
 
 def _hf(path):
+    from tfmp import families, models
     from tfmp.export import huggingface
 
-    with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as f:
-        config = json.load(f)
-    tokenizer = wordpiece.WordPiece(os.path.join(path, "vocab.txt"),
-                                    config["model_max_length"],
-                                    lowercase=bool(config.get("do_lower_case", True)))
+    # hf/ is read with keras-hub (as export measured it), so it tokenizes in-graph with
+    # the checkpoint's own tokenizer files, as `tfmp train --model hf/` would.
+    import tensorflow as tf
+
+    length = families._tokenizer_config(path).get("model_max_length", 512)
+    preprocessor = models.load_preprocessor(path, int(length))
+    features = families.family_of(path).features
+
+    def tokenizer(texts):
+        tokens = preprocessor(tf.constant(list(texts)))
+        return {k: tokens[k].numpy() for k in features}
+
     return _tokenized(huggingface.read(path), tokenizer)
 
 
 def _onnx(path):
     from tfmp.serve import onnx
 
-    return _tokenized(onnx.OnnxClassifier(path), wordpiece.WordPiece.from_directory(
+    return _tokenized(onnx.OnnxClassifier(path), tokenizers.from_directory(
         os.path.dirname(path)))
 
 

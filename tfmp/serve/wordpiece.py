@@ -44,6 +44,18 @@ _IGNORABLE = ((0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1
               (0xE0000, 0xE0FFF))
 
 
+def bert_normalize(text, lowercase=True, strip_accents=True):
+    """Hugging Face's BertNormalizer (clean text, strip accents, lowercase), in Python;
+    CJK characters are split later, by the WordPiece pre-tokenizer."""
+    text = "".join(" " if unicodedata.category(c) == "Zs" else c for c in text
+                   if c in "\t\n\r" or (c not in "\x00\ufffd"
+                                          and not unicodedata.category(c).startswith("C")))
+    if strip_accents:
+        text = "".join(c for c in unicodedata.normalize("NFD", text)
+                       if unicodedata.category(c) != "Mn")
+    return text.lower() if lowercase else text
+
+
 def casefold(text):
     """tf_text.case_fold_utf8: NFKC_Casefold, which also drops default ignorables."""
     text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
@@ -62,7 +74,8 @@ class WordPiece:
     """
 
     def __init__(self, vocabulary_file, sequence_length, lowercase=True, strip_accents=False,
-                 split_on_cjk=True, oov_token="[UNK]", suffix_indicator="##"):
+                 split_on_cjk=True, oov_token="[UNK]", suffix_indicator="##",
+                 features=TOKEN_KEYS, normalize=None):
         import regex
         from tokenizers import Tokenizer, models
 
@@ -71,6 +84,10 @@ class WordPiece:
         self.vocabulary = {token: i for i, token in enumerate(vocabulary)}
         self.sequence_length = int(sequence_length)
         self.lowercase, self.strip_accents = lowercase, strip_accents
+        self.features = tuple(features)  # the model's inputs (DistilBERT: no segment_ids)
+        # {lowercase, strip_accents} of HF's BertNormalizer, run first (tfmp.normalize's
+        # tokenizers); None for a keras-hub BertTokenizer (runs from before them).
+        self.normalize = normalize
         delimiters = "|".join([_WHITESPACE, _PUNCTUATION] + ([_CJK] if split_on_cjk else []))
         self._delimiter = regex.compile(delimiters)
         self._keep = regex.compile("|".join([_PUNCTUATION] + ([_CJK] if split_on_cjk else [])))
@@ -94,10 +111,15 @@ class WordPiece:
                              "serve it without TensorFlow.") from None
         except ValueError as e:
             raise InputError(f"{path}: not JSON ({e}); export the run again.") from None
-        return cls(os.path.join(directory, "vocab.txt"), **settings)
+        keys = ("sequence_length", "lowercase", "strip_accents", "split_on_cjk", "oov_token",
+                "suffix_indicator", "features", "normalize")
+        return cls(os.path.join(directory, "vocab.txt"),
+                   **{k: settings[k] for k in keys if k in settings})
 
     def words(self, text):
         """keras-hub's pre-tokenization of one text (accents, split, case folding)."""
+        if self.normalize:
+            text = bert_normalize(text, **self.normalize)
         if self.strip_accents:
             text = unicodedata.normalize("NFD", text)
             text = "".join(c for c in text if unicodedata.category(c) != "Mn")
@@ -133,8 +155,9 @@ class WordPiece:
             row = [self._cls] + ids[:length - 2] + [self._sep]
             token_ids[i, :len(row)] = row
             padding_mask[i, :len(row)] = 1
-        return {"token_ids": token_ids, "padding_mask": padding_mask,
-                "segment_ids": np.zeros((n, length), np.int32)}
+        out = {"token_ids": token_ids, "padding_mask": padding_mask,
+               "segment_ids": np.zeros((n, length), np.int32)}
+        return {k: out[k] for k in self.features}
 
 
 def settings_of(preprocessor):
