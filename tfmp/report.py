@@ -11,7 +11,7 @@ hardware.
 
 import os
 
-from tfmp import callbacks, diagnose, files, hardware
+from tfmp import callbacks, diagnose, files, hardware, memory
 
 PLOTS = {
     "curves": "plot_loss_accuracy.png",
@@ -156,6 +156,7 @@ def build_report(run_config, metrics, history, scalars, diagnosis=None):
             # Where the run's time went, phase by phase (tfmp.callbacks.PhaseTimer).
             "timings": metrics.get("timings") or {},
         },
+        "memory": metrics.get("memory"),  # the fit's peak (tfmp.memory.PeakMemory)
         "classification_report": test.get("classification_report_dict"),
         "versions": {k: versions.get(k) for k in ("python", "tensorflow", "keras", "keras_hub")},
         "hardware": _hardware(versions),
@@ -232,6 +233,7 @@ def to_markdown(report):
         f"![loss and accuracy]({PLOTS['curves']})",
         f"![throughput]({PLOTS['throughput']})",
         "",
+        *memory.report_lines(report.get("memory")),
         "## Test split, per class",
         "",
     ]
