@@ -29,6 +29,7 @@ import common
 
 SEQ_LEN, BATCH = 512, 16
 NUM_CLASSES = 3
+REMAT = "blocks"  # what `tfmp train --remat` recomputes (tfmp.memory.REMAT_MODE)
 
 
 def configs(quick):
@@ -37,7 +38,7 @@ def configs(quick):
         return dict(name=name, policy=policy, remat=remat, grad_accum=accum)
 
     if quick:
-        return [cfg("float32"), cfg("mixed_bfloat16"), cfg("mixed_bfloat16", "attention")]
+        return [cfg("float32"), cfg("mixed_bfloat16"), cfg("mixed_bfloat16", REMAT)]
     return [cfg("float32"), cfg("mixed_bfloat16"), cfg("mixed_float16"),
             cfg("float32", "attention"), cfg("float32", "blocks"),
             cfg("mixed_bfloat16", "attention"), cfg("mixed_bfloat16", "blocks"),
@@ -63,7 +64,8 @@ def child(cfg, model_dir, seq_len, batch, steps):
     changed = remat.apply(model, cfg["remat"]) if cfg["remat"] else 0
     accumulate.install(model, cfg["grad_accum"])
     rng = np.random.default_rng(0)
-    x = {"token_ids": tf.constant(rng.integers(1000, 20000, (batch, seq_len)), tf.int32),
+    vocab = model.backbone.vocabulary_size  # ordinary ids: above the special tokens
+    x = {"token_ids": tf.constant(rng.integers(vocab // 10, vocab, (batch, seq_len)), tf.int32),
          "padding_mask": tf.ones((batch, seq_len), tf.bool),
          "segment_ids": tf.zeros((batch, seq_len), tf.int32)}
     y = tf.constant(rng.integers(0, NUM_CLASSES, batch), tf.int32)
@@ -149,6 +151,49 @@ def summarize(runs):
 
 def _ratio(a, b):
     return a / b if a and b else None
+
+
+def targets(result):
+    """Issue 18's memory targets: {name: {"value", "target", "met", "note"}}."""
+    rows = (result or {}).get("summary") or {}
+    out = {}
+    bf16 = rows.get("mixed_bfloat16") or {}
+    where = f"batch {result.get('batch')} x {result.get('seq_len')} tokens, MiniLM" if rows else ""
+    if bf16.get("peak_vs_float32"):
+        out["mixed_bfloat16 peak training memory <= 0.75x float32"] = dict(
+            value=bf16["peak_vs_float32"], target=0.75, met=bf16["peak_vs_float32"] <= 0.75,
+            note=f"VmHWM, {where}; TensorFlow allocator peak "
+                 f"{bf16['allocator_vs_float32']:.2f}x")
+    for policy in ("mixed_bfloat16", "float32"):
+        row = rows.get(f"{policy}_remat_{REMAT}") or {}
+        if row.get("peak_vs_policy") and row.get("speed_vs_policy"):
+            out[f"--remat ({policy}) peak <= 0.7x at >= 0.75x speed"] = dict(
+                value=row["peak_vs_policy"], target=0.7,
+                met=row["peak_vs_policy"] <= 0.7 and row["speed_vs_policy"] >= 0.75,
+                note=f"speed {row['speed_vs_policy']:.2f}x (paired by round), {where}")
+    return out
+
+
+def markdown(result):
+    """The README's "Memory" table for one result."""
+    rows = (result or {}).get("summary") or {}
+    if not rows:
+        return []
+    lines = [f"## Training memory (batch {result['batch']} x {result['seq_len']} tokens, "
+             f"each configuration in a fresh process, {result['rounds']} round(s))", "",
+             "| configuration | peak MB (VmHWM) | vs float32 | vs same policy | allocator "
+             "peak MB | step s | speed vs same policy |", "| --- | ---: | ---: | ---: | ---: "
+             "| ---: | ---: |"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {_f(r['peak_rss_mb'], '{:.0f}')} | "
+                     f"{_f(r['peak_vs_float32'])} | {_f(r['peak_vs_policy'])} | "
+                     f"{_f(r['allocator_peak_mb'], '{:.0f}')} | {_f(r['step_seconds'])} | "
+                     f"{_f(r['speed_vs_policy'])} |")
+    return lines + [""]
+
+
+def _f(value, spec="{:.2f}"):
+    return "" if value is None else spec.format(value)
 
 
 if __name__ == "__main__":

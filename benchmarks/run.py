@@ -124,6 +124,13 @@ def run(args, log=print):
 
         results["onednn"] = training.onednn_ratio(model_dir, rounds=1 if repeats < 4 else 2,
                                                   steps=steps, log=log)
+    if "memory" in parts:
+        log("peak training memory per policy and --remat, each in a fresh process")
+        import memory
+
+        results["train_memory"] = memory.measure(
+            model_dir, quick=quick, rounds=1 if quick else 2, steps=steps if quick else 3,
+            seq_len=128 if quick else memory.SEQ_LEN, log=log)
     if "inference" in parts or "memory" in parts:
         import inference
 

@@ -96,8 +96,9 @@ class TrainConfig:
         "step on their summed gradients: --batch-size 32 --grad-accum 4 trains as "
         "--batch-size 32 with the activations of 8 examples alive at a time")
     remat: bool = _setting(
-        False, "recompute each attention's probabilities in the backward pass instead of "
-        "keeping them: less memory where sequences are long, for some compute")
+        False, "keep only each transformer block's input and recompute the rest in the "
+        "backward pass: less activation memory (most where sequences are long), for about "
+        "one more forward pass of compute")
     # --- Optimizer ---
     lr: float = _setting(5e-5, "peak AdamW learning rate")
     weight_decay: float = _setting(0.01, "decoupled weight decay of matrices")

@@ -4,9 +4,10 @@
     peak = memory.PeakMemory()             # a fit callback; peak.summary() -> report
 
 Two settings trade compute for activation memory, and neither changes what is
-computed: `--remat` (`tfmp.remat`: the attention probabilities are recomputed in the
-backward pass, bitwise the same gradients) and `--grad-accum N` (`tfmp.accumulate`:
-each batch runs as N micro-batches, same gradients to float32 rounding).
+computed: `--remat` (`tfmp.remat`: each transformer block keeps only its input and
+recomputes the rest in the backward pass; bitwise the same gradients) and
+`--grad-accum N` (`tfmp.accumulate`: each batch runs as N micro-batches; the same
+gradients to float32 rounding).
 
 `PeakMemory` measures what the fit needed, two ways: the process's resident
 high-water mark (VmHWM; reset when the fit starts where Linux allows, so it is the
@@ -21,16 +22,18 @@ import keras
 from tfmp import accumulate, remat
 from tfmp.tradeoffs.measure import peak_memory_mb  # the one VmHWM reader
 
-REMAT_MODE = "attention"  # what --remat recomputes (benchmarks/memory.py: why)
+# What --remat recomputes: whole transformer blocks, the only mode that met the issue's
+# <= 0.7x peak under mixed_bfloat16 (README, "Memory"; benchmarks/memory.py).
+REMAT_MODE = "blocks"
 
 
 def configure(model, config, log=print):
     """Applies `config.remat` and `config.grad_accum` to a compiled `model`."""
     if config.remat:
         count = remat.apply(model, REMAT_MODE)
-        log(f"Rematerialization: {count} attention layers recompute their probabilities "
-            "in the backward pass" if count else
-            "Rematerialization: no attention layer found; --remat changes nothing here")
+        log(f"Rematerialization: {count} transformer blocks keep only their input and "
+            "recompute the rest in the backward pass" if count else
+            "Rematerialization: no transformer block found; --remat changes nothing here")
     if config.grad_accum > 1:
         accumulate.install(model, config.grad_accum)
         log(f"Gradient accumulation: each batch of {config.batch_size} runs as "

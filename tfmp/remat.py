@@ -1,7 +1,7 @@
 """Rematerialization: recompute activations in the backward pass instead of keeping them.
 
-    remat.apply(classifier)              # --remat: each attention's core, recomputed
-    remat.apply(classifier, "blocks")    # each whole transformer block
+    remat.apply(classifier, "blocks")     # --remat: each whole transformer block
+    remat.apply(classifier, "attention")  # each attention's core only
 
 Where activations dominate (long sequences), most of a BERT step's memory is the
 attention probabilities: (batch, heads, length, length) per layer, kept for the
@@ -42,7 +42,7 @@ def _is(layer, class_name):
     return any(c.__name__ == class_name for c in type(layer).__mro__)
 
 
-def apply(model, mode="attention"):
+def apply(model, mode="blocks"):
     """Makes `model`'s training step recompute what `mode` names. Returns how many
     layers changed (0: nothing matched, e.g. a model without keras-hub's encoder)."""
     if mode not in MODES:
