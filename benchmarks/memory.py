@@ -88,6 +88,48 @@ def child(cfg, model_dir, seq_len, batch, steps):
                 steps=times[1:], loss=float(logs["loss"]))
 
 
+def speed_child(cfgs, model_dir, seq_len, batch, rounds):
+    """Step times of `cfgs` side by side in this process, alternating step by step:
+    a speed ratio that the load on the machine moves far less than separate processes'.
+    (Memory is the other function's: here every model is alive at once.)"""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+    import tensorflow as tf
+
+    from tfmp import accumulate, models, precision, remat
+    from tfmp.config import TrainConfig
+    from tfmp.train import compile_classifier
+
+    runners = []
+    for cfg in cfgs:
+        policy = precision.resolve(cfg["policy"])
+        model = models.load_classifier(model_dir, num_classes=NUM_CLASSES,
+                                       sequence_length=seq_len, policy=policy)
+        model.preprocessor = None
+        compile_classifier(model, policy, total_steps=100, config=TrainConfig())
+        if cfg["remat"]:
+            remat.apply(model, cfg["remat"])
+        accumulate.install(model, cfg["grad_accum"])
+        runners.append(model)
+    rng = np.random.default_rng(0)
+    vocab = runners[0].backbone.vocabulary_size
+    x = {"token_ids": tf.constant(rng.integers(vocab // 10, vocab, (batch, seq_len)), tf.int32),
+         "padding_mask": tf.ones((batch, seq_len), tf.bool),
+         "segment_ids": tf.zeros((batch, seq_len), tf.int32)}
+    y = tf.constant(rng.integers(0, NUM_CLASSES, batch), tf.int32)
+    times = {cfg["name"]: [] for cfg in cfgs}
+    for r in range(rounds + 1):  # round 0 traces
+        order = list(zip(cfgs, runners))
+        for cfg, model in (order if r % 2 else order[::-1]):
+            begin = time.perf_counter()
+            model.train_on_batch(x, y)
+            if r:
+                times[cfg["name"]].append(time.perf_counter() - begin)
+    base = cfgs[0]["name"]
+    return {"seq_len": seq_len, "batch": batch, "rounds": rounds, "step_seconds": times,
+            "speed_vs_first": {n: common.paired_ratio(times[base], t) for n, t in times.items()}}
+
+
 def _run_child(cfg, model_dir, seq_len, batch, steps):
     command = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(cfg),
                "--model", model_dir, "--seq-len", str(seq_len), "--batch", str(batch),
@@ -209,6 +251,8 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--configs", default=None)
     parser.add_argument("--out", default=None, help="write the results here as JSON")
+    parser.add_argument("--speed", default=None, help="names of configurations to time "
+                        "side by side in one process, the reference first")
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(HERE))
     from tfmp import models
@@ -217,6 +261,15 @@ if __name__ == "__main__":
     if args.child:
         print(json.dumps(child(json.loads(args.child), model_dir, args.seq_len, args.batch,
                                args.steps)))
+    elif args.speed:
+        by_name = {c["name"]: c for c in configs(False)}
+        result = speed_child([by_name[n] for n in args.speed.split(",")], model_dir,
+                             args.seq_len, args.batch, args.rounds)
+        result["load_average"] = os.getloadavg()
+        print(json.dumps(result, indent=1))
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as f:
+                json.dump(result, f, indent=1)
     else:
         result = measure(model_dir, quick=args.quick, rounds=args.rounds, steps=args.steps,
                          seq_len=args.seq_len, batch=args.batch,
