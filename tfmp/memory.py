@@ -20,7 +20,6 @@ the allocator's slack. The run report shows both (`report.json: memory`).
 import keras
 
 from tfmp import accumulate, remat
-from tfmp.tradeoffs.measure import peak_memory_mb  # the one VmHWM reader
 
 # What --remat recomputes: whole transformer blocks, the only mode that met the issue's
 # <= 0.7x peak under mixed_bfloat16 (README, "Memory"; benchmarks/memory.py).
@@ -39,6 +38,13 @@ def configure(model, config, log=print):
         log(f"Gradient accumulation: each batch of {config.batch_size} runs as "
             f"{config.grad_accum} micro-batches of about "
             f"{config.batch_size / config.grad_accum:g}, one optimizer step per batch")
+
+
+def peak_memory_mb():
+    """This process's VmHWM in MB, read by tfmp's one reader of it (tradeoffs.measure)."""
+    from tfmp.tradeoffs.measure import peak_memory_mb as read
+
+    return read()
 
 
 def reset_peak_rss():
