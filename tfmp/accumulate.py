@@ -59,7 +59,6 @@ def install(model, steps):
             "--batch-size instead).")
     model.train_step = accumulating_train_step(model, steps)
     model.train_function = None  # traced again, with this step
-    model.grad_accum_steps = steps
     return model
 
 
