@@ -155,8 +155,28 @@ def measure(model_dir, quick=False, rounds=1, steps=3, seq_len=SEQ_LEN, batch=BA
             log(f"  {cfg['name']}: " + (f"peak {result['peak_rss_mb']:.0f} MB, allocator "
                 f"{result['allocator_peak_mb']:.0f} MB, step {result['step_seconds']:.2f} s"
                 if "error" not in result else f"failed: {result['error'][-300:]}"))
+    # Speed side by side, one process per policy: the figure the speed target is judged on.
+    speed = {}
+    for policy in dict.fromkeys(c["policy"] for c in chosen):
+        names = [policy] + [c["name"] for c in chosen if c["policy"] == policy
+                            and c["remat"] == REMAT and c["grad_accum"] == 1]
+        if len(names) > 1:
+            speed[policy] = _run_speed(names, model_dir, seq_len, batch, max(rounds, 3))
+            log(f"  side by side: {speed[policy].get('speed_vs_first') or speed[policy]}")
     return {"seq_len": seq_len, "batch": batch, "steps": steps, "rounds": rounds,
-            "load_average": os.getloadavg(), "runs": runs, "summary": summarize(runs)}
+            "load_average": os.getloadavg(), "runs": runs, "speed": speed,
+            "summary": summarize(runs)}
+
+
+def _run_speed(names, model_dir, seq_len, batch, rounds):
+    command = [sys.executable, os.path.abspath(__file__), "--speed", ",".join(names),
+               "--model", model_dir, "--seq-len", str(seq_len), "--batch", str(batch),
+               "--rounds", str(rounds)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    start = out.stdout.find("{")
+    if out.returncode or start < 0:
+        return {"error": (out.stderr or out.stdout)[-2000:]}
+    return json.loads(out.stdout[start:])
 
 
 def summarize(runs):
@@ -207,12 +227,18 @@ def targets(result):
             note=f"VmHWM, {where}; TensorFlow allocator peak "
                  f"{bf16['allocator_vs_float32']:.2f}x")
     for policy in ("mixed_bfloat16", "float32"):
-        row = rows.get(f"{policy}_remat_{REMAT}") or {}
-        if row.get("peak_vs_policy") and row.get("speed_vs_policy"):
+        name = f"{policy}_remat_{REMAT}"
+        row = rows.get(name) or {}
+        # Side by side in one process where measured; else paired by round.
+        side = (result.get("speed", {}).get(policy) or {}).get("speed_vs_first", {}).get(name)
+        speed = side or row.get("speed_vs_policy")
+        if row.get("peak_vs_policy") and speed:
             out[f"--remat ({policy}) peak <= 0.7x at >= 0.75x speed"] = dict(
                 value=row["peak_vs_policy"], target=0.7,
-                met=row["peak_vs_policy"] <= 0.7 and row["speed_vs_policy"] >= 0.75,
-                note=f"speed {row['speed_vs_policy']:.2f}x (paired by round), {where}")
+                met=row["peak_vs_policy"] <= 0.7 and speed >= 0.75,
+                note=f"speed {speed:.3f}x ("
+                     + ("side by side in one process" if side else "paired by round")
+                     + f"), {where}")
     return out
 
 
