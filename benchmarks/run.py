@@ -19,8 +19,9 @@ import report
 
 PARTS = ("pipeline", "training", "peer", "onednn", "inference", "memory", "endtoend",
          "accuracy", "grouping")
-# "accuracy" (three short fine-tuning runs, ~5 min) only when asked for with --parts.
-DEFAULT_PARTS = tuple(p for p in PARTS if p not in ("accuracy", "grouping"))  # minutes each
+# "accuracy" (three short fine-tuning runs, ~5 min) only when asked for with --parts, and
+# "memory" (8 fresh processes at 512 tokens, twice, then side by side: ~40 min on 2 cores).
+DEFAULT_PARTS = tuple(p for p in PARTS if p not in ("accuracy", "grouping", "memory"))
 
 
 def add_arguments(parser):
@@ -142,7 +143,7 @@ def run(args, log=print):
                 log("inference, alternating engines")
                 results["inference"] = inference.measure(args.export_dir, model_dir,
                                                          repeats=repeats, log=log)
-            if "memory" in parts:
+            if "memory" in parts or not args.parts:  # the default run keeps this one
                 log("peak memory, one subprocess per engine")
                 results.setdefault("inference", {})["peak_rss_mb"] = inference.peak_memory(
                     args.export_dir, model_dir, log=log)
