@@ -58,6 +58,9 @@ def install(model, steps):
             "gradient accumulation would replace. Run it without --grad-accum (lower "
             "--batch-size instead).")
     model.train_step = accumulating_train_step(model, steps)
+    # Micro-batch bounds depend on the batch's rows, which XLA cannot compile as slice
+    # sizes; Keras' "auto" would turn XLA on where a GPU is present.
+    model.jit_compile = False
     model.train_function = None  # traced again, with this step
     return model
 
