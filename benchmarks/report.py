@@ -3,6 +3,8 @@
 
 import statistics
 
+import memory
+
 
 def _f(value, fmt="{:.2f}"):
     return "n/a" if value is None else fmt.format(value)
@@ -102,6 +104,7 @@ def targets(results):
             out[f"{label.replace(', fixed-64', '')} >= 1.0x"] = dict(
                 value=candidates[best], target=1.0, met=candidates[best] >= 1.0,
                 note=f"best: {best}; plain step: {_f(ratios.get(label))}")
+    out.update(memory.targets(results.get("train_memory")))
     inf = results.get("inference", {}).get("ratios", {})
     r = inf.get("tflite_int8 / savedmodel_fp32 (batch 32 ex/s)")
     if r is not None:
@@ -255,6 +258,7 @@ def markdown(results):
             lines.append(f"| {name} | {a['accuracy']:.2%} | {a['macro_f1']:.3f} | "
                          f"{a['mean_width']:.1f} | {a['train_seconds']:.0f} |")
         lines.append("")
+    lines += memory.markdown(results.get("train_memory"))
     inf = results.get("inference")
     if inf:
         rss = inf.get("peak_rss_mb", {})

@@ -19,8 +19,9 @@ import report
 
 PARTS = ("pipeline", "training", "peer", "onednn", "inference", "memory", "endtoend",
          "accuracy", "grouping")
-# "accuracy" (three short fine-tuning runs, ~5 min) only when asked for with --parts.
-DEFAULT_PARTS = tuple(p for p in PARTS if p not in ("accuracy", "grouping"))  # minutes each
+# "accuracy" (three short fine-tuning runs, ~5 min) only when asked for with --parts, and
+# "memory" (8 fresh processes at 512 tokens, twice, then side by side: ~40 min on 2 cores).
+DEFAULT_PARTS = tuple(p for p in PARTS if p not in ("accuracy", "grouping", "memory"))
 
 
 def add_arguments(parser):
@@ -124,6 +125,13 @@ def run(args, log=print):
 
         results["onednn"] = training.onednn_ratio(model_dir, rounds=1 if repeats < 4 else 2,
                                                   steps=steps, log=log)
+    if "memory" in parts:
+        log("peak training memory per policy and --remat, each in a fresh process")
+        import memory
+
+        results["train_memory"] = memory.measure(
+            model_dir, quick=quick, rounds=1 if quick else 2, steps=steps if quick else 3,
+            seq_len=128 if quick else memory.SEQ_LEN, log=log)
     if "inference" in parts or "memory" in parts:
         import inference
 
@@ -135,7 +143,7 @@ def run(args, log=print):
                 log("inference, alternating engines")
                 results["inference"] = inference.measure(args.export_dir, model_dir,
                                                          repeats=repeats, log=log)
-            if "memory" in parts:
+            if "memory" in parts or not args.parts:  # the default run keeps this one
                 log("peak memory, one subprocess per engine")
                 results.setdefault("inference", {})["peak_rss_mb"] = inference.peak_memory(
                     args.export_dir, model_dir, log=log)

@@ -90,6 +90,15 @@ class TrainConfig:
     length_pool: int = _setting(
         8, "with --length-grouping: batches per pool sorted by length (larger pads less, "
         "is less random)")
+    # --- Memory (neither changes what is computed: tfmp.memory) ---
+    grad_accum: int = _setting(
+        1, "micro-batches per --batch-size batch, run one after another, one optimizer "
+        "step on their summed gradients: --batch-size 32 --grad-accum 4 trains as "
+        "--batch-size 32 with the activations of 8 examples alive at a time")
+    remat: bool = _setting(
+        False, "keep only each transformer block's input and recompute the rest in the "
+        "backward pass: less activation memory (most where sequences are long), for about "
+        "one more forward pass of compute")
     # --- Optimizer ---
     lr: float = _setting(5e-5, "peak AdamW learning rate")
     weight_decay: float = _setting(0.01, "decoupled weight decay of matrices")
@@ -193,6 +202,9 @@ class TrainConfig:
             (self.length_pool >= 1,
              f"--length-pool must be at least 1, got {self.length_pool}."),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}."),
+            (1 <= self.grad_accum <= self.batch_size,
+             f"--grad-accum must be between 1 and --batch-size ({self.batch_size}): each "
+             f"micro-batch needs a row; got {self.grad_accum}."),
             (self.seq_len >= 8, f"--seq-len must be at least 8, got {self.seq_len}."),
             (self.lr > 0, f"--lr must be positive, got {self.lr}."),
             (0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}."),
@@ -289,6 +301,9 @@ def check_layer_patterns(patterns):
 RESUMABLE_FIELDS = frozenset({
     "out", "overwrite", "min_loss_scale", "skip_window", "max_skip_share",
     "checkpoint_every", "strategy", "lost_update_every", "headroom_every",
+    # Same gradients (bitwise; to float32 rounding): a run short of memory may resume
+    # with them.
+    "remat", "grad_accum",
 })
 
 

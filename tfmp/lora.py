@@ -254,3 +254,14 @@ def copy_weights(source, clone):
         raise ValueError(f"cannot copy weights: {missing[:3]} not in the source model")
     clone.set_weights([np.asarray(keras.ops.convert_to_numpy(values[w.path]))
                        for w in clone.weights])
+
+
+def report_lines(entry):
+    """`report.md`'s LoRA line from `config.json`'s `lora` record (none without LoRA)."""
+    if not entry:
+        return []
+    return [f"- LoRA rank {entry['rank']} on {entry['layers']} layers "
+            f"({', '.join(entry['targets'])})"
+            f"{' over an int8 base' if entry['base_int8'] else ''}: "
+            f"{entry['trainable_share']:.2%} of the parameters trained; `{entry['file']}` "
+            f"{entry['file_bytes']:,} bytes; model.keras holds the merged kernels."]

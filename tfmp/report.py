@@ -11,7 +11,7 @@ hardware.
 
 import os
 
-from tfmp import callbacks, diagnose, files, hardware
+from tfmp import callbacks, diagnose, files, hardware, lora, memory
 
 PLOTS = {
     "curves": "plot_loss_accuracy.png",
@@ -157,6 +157,7 @@ def build_report(run_config, metrics, history, scalars, diagnosis=None):
             "timings": metrics.get("timings") or {},
         },
         "lora": run_config.get("lora"),  # --lora-rank: what trained (tfmp.lora.describe)
+        "memory": metrics.get("memory"),  # the fit's peak (tfmp.memory.PeakMemory)
         "classification_report": test.get("classification_report_dict"),
         "versions": {k: versions.get(k) for k in ("python", "tensorflow", "keras", "keras_hub")},
         "hardware": _hardware(versions),
@@ -228,15 +229,13 @@ def to_markdown(report):
         (f"- {_fmt(s['train_seconds'], '.1f')} s, {_fmt(s['examples_per_second'], '.1f')} "
         "examples/s overall (validation included); last logged "
         f"{_fmt(s['last_logged_examples_per_second'], '.1f')} examples/s."),
-        *([f"- LoRA rank {lo['rank']} on {lo['layers']} layers ({', '.join(lo['targets'])})"
-           f"{' over an int8 base' if lo['base_int8'] else ''}: {lo['trainable_share']:.2%} of "
-           f"the parameters trained; `{lo['file']}` {lo['file_bytes']:,} bytes; model.keras "
-           "holds the merged kernels."] if (lo := report.get("lora")) else []),
+        *lora.report_lines(report.get("lora")),
         "",
         *_timings_table(s.get("timings") or {}),
         f"![loss and accuracy]({PLOTS['curves']})",
         f"![throughput]({PLOTS['throughput']})",
         "",
+        *memory.report_lines(report.get("memory")),
         "## Test split, per class",
         "",
     ]

@@ -31,7 +31,8 @@ import keras
 import numpy as np
 
 from tfmp import adaptive, callbacks, checkpoint, data, distribute, files, headroom, lost_updates
-from tfmp import lora, models, optimizer, precision, recovery, report, rundir, runrecord, signals
+from tfmp import lora, memory, models, optimizer, precision, recovery, report, rundir, runrecord
+from tfmp import signals
 from tfmp.config import TrainConfig, config_differences, config_hash
 from tfmp.errors import Interrupted, TrainingStopped, UserError
 
@@ -211,6 +212,7 @@ def _train_in_scope(run):
     compile_classifier(model, run.policy, total_steps, config)
     if lora.adapted(model):
         run.log(lora.summary(model))
+    memory.configure(model, config, run.log)  # --remat, --grad-accum
     if run.source:
         run.extra_callbacks = tuple(run.source.prepare(model, run))
     if run.dist.num_replicas > 1:  # workarounds for Keras 3.15, see tfmp.distribute
@@ -237,6 +239,7 @@ def _train_in_scope(run):
         metrics = runrecord.test_metrics(run, model, fitted)
         metrics["timings"] = dict(timings, **fitted["timings"],
                                   **{"test evaluation": time.perf_counter() - clock})
+        metrics["memory"] = fitted["memory"].summary(config)
         run_config = runrecord.run_config(run, model, total_steps, steps_per_epoch, truncated)
         text_report = metrics["test"].pop("classification_report")
         if lora.adapted(model):  # adapters on their own; model.keras: W + A·B·scale, float32
@@ -322,6 +325,7 @@ def _fit(run, model, staging, history, steps_per_epoch, lengths):
     phases = callbacks.PhaseTimer()
     fit_callbacks.insert(1, phases)  # after StopAtBatchEnd, before the others' work
     fit_callbacks[2:2] = run.extra_callbacks  # after a step, before it is logged or saved
+    fit_callbacks.append(memory.PeakMemory())
     start = time.perf_counter()
     try:
         # One fit per epoch, each on that epoch's fixed batch order; a resumed
@@ -363,6 +367,7 @@ def _fit(run, model, staging, history, steps_per_epoch, lengths):
     timings = dict(phases.phases(), checkpoints=saver.seconds)
     timings["other (callbacks, input pipeline, between epochs)"] = seconds - sum(timings.values())
     return {"monitor": monitor, "seconds": seconds, "shard": shard, "timings": timings,
+            "memory": fit_callbacks[-1],
             "recoveries": watcher.recoveries if watcher else [],
             "steps": optimizer.global_step(model.optimizer) - start_step,
             "start_step": start_step}
