@@ -184,7 +184,7 @@ class SentencePiece:
 
 
 def _wordpiece(directory, settings):
-    return wordpiece.WordPiece.from_directory(directory)
+    return wordpiece.WordPiece.from_directory(directory, settings)
 
 
 KINDS = {"wordpiece": _wordpiece, "bpe": BytePair, "sentencepiece": SentencePiece}
@@ -193,15 +193,7 @@ KINDS = {"wordpiece": _wordpiece, "bpe": BytePair, "sentencepiece": SentencePiec
 def from_directory(directory):
     """The tokenizer of an export directory holding tfmp's tokenizer.json and its files."""
     path = os.path.join(directory, SETTINGS)
-    try:
-        with open(path, encoding="utf-8") as f:
-            settings = json.load(f)
-    except FileNotFoundError:
-        raise InputError(f"'{directory}' has no {SETTINGS} (exported by an older tfmp): "
-                         "export the run again (`tfmp export RUN_DIR --overwrite`) to "
-                         "serve it without TensorFlow.") from None
-    except ValueError as e:
-        raise InputError(f"{path}: not JSON ({e}); export the run again.") from None
+    settings = wordpiece.read_settings(directory)
     kind = settings.get("kind", "wordpiece")  # exports from before families: WordPiece
     if kind not in KINDS:
         raise InputError(f"{path}: tokenizer kind {kind!r} is not one of {sorted(KINDS)}; "

@@ -62,6 +62,20 @@ def casefold(text):
     return "".join(c for c in text if not any(lo <= ord(c) <= hi for lo, hi in _IGNORABLE))
 
 
+def read_settings(directory):
+    """tfmp's tokenizer.json in an export directory; InputError saying what to do."""
+    path = os.path.join(directory, SETTINGS)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise InputError(f"'{directory}' has no {SETTINGS} (exported by an older tfmp): "
+                         "export the run again (`tfmp export RUN_DIR --overwrite`) to "
+                         "serve it without TensorFlow.") from None
+    except ValueError as e:
+        raise InputError(f"{path}: not JSON ({e}); export the run again.") from None
+
+
 class WordPiece:
     """A BERT WordPiece tokenizer and packer, without TensorFlow.
 
@@ -99,18 +113,10 @@ class WordPiece:
         self._pad = self.vocabulary.get("[PAD]", 0)
 
     @classmethod
-    def from_directory(cls, directory):
-        """The tokenizer of an export directory holding vocab.txt and tokenizer.json."""
-        path = os.path.join(directory, SETTINGS)
-        try:
-            with open(path, encoding="utf-8") as f:
-                settings = json.load(f)
-        except FileNotFoundError:
-            raise InputError(f"'{directory}' has no {SETTINGS} (exported by an older tfmp): "
-                             "export the run again (`tfmp export RUN_DIR --overwrite`) to "
-                             "serve it without TensorFlow.") from None
-        except ValueError as e:
-            raise InputError(f"{path}: not JSON ({e}); export the run again.") from None
+    def from_directory(cls, directory, settings=None):
+        """The tokenizer of an export directory holding vocab.txt and tokenizer.json
+        (`settings`: that file, if already read)."""
+        settings = read_settings(directory) if settings is None else settings
         keys = ("sequence_length", "lowercase", "strip_accents", "split_on_cjk", "oov_token",
                 "suffix_indicator", "features", "normalize")
         return cls(os.path.join(directory, "vocab.txt"),
