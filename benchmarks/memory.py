@@ -217,7 +217,8 @@ def _ratio(a, b):
 
 def targets(result):
     """Issue 18's memory targets: {name: {"value", "target", "met", "note"}}."""
-    rows = (result or {}).get("summary") or {}
+    result = result or {}  # the memory part did not run
+    rows = result.get("summary") or {}
     out = {}
     bf16 = rows.get("mixed_bfloat16") or {}
     where = f"batch {result.get('batch')} x {result.get('seq_len')} tokens, MiniLM" if rows else ""
