@@ -25,6 +25,7 @@ import keras
 import keras_hub
 
 from tfmp import data, families, files, float16_cpu, layers, lora, precision
+from tfmp import normalize  # noqa: F401  (registers the tokenizer classes model.keras names)
 from tfmp.errors import InputError
 
 # Files every checkpoint directory needs besides its family's tokenizer files.
