@@ -265,3 +265,41 @@ def test_unknown_backbone_class_is_an_error():
         families.by_backbone(object())
     with pytest.raises(UserError):
         families.family_of("/nonexistent-dir")
+
+
+# --- Every policy, and the training options of issue 18 on another family ---------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("family", OTHER_FAMILIES)
+def test_family_trains_under_each_policy(csv, tiny_family_dirs, tmp_path, family, policy):
+    # mixed_float16 is test_family_trains_resumes_and_logs's policy.
+    result = train(_config(csv, tiny_family_dirs[family], tmp_path / "run", policy=policy,
+                           epochs=1), verbose=0)
+    with open(os.path.join(result.run_dir, "history.json")) as f:
+        assert np.isfinite(json.load(f)["loss"]).all()
+    with open(os.path.join(result.run_dir, "config.json")) as f:
+        assert json.load(f)["policy"]["name"] == policy
+    loaded = models.load_model(result.run_dir)
+    assert families.by_backbone(loaded.backbone).model_type == family
+    # bfloat16 keeps 8 significant bits: the reloaded model's logits agree to its rounding.
+    np.testing.assert_allclose(loaded.predict(TEXTS, verbose=0),
+                               result.model.predict(TEXTS, verbose=0),
+                               atol=1e-4 if policy == "float32" else 5e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["roberta", "albert"])
+def test_lora_remat_and_accumulation_train_another_family(csv, tiny_family_dirs, tmp_path,
+                                                          family):
+    result = train(_config(csv, tiny_family_dirs[family], tmp_path / "run",
+                           policy="mixed_bfloat16", epochs=1, lora_rank=4, remat=True,
+                           grad_accum=2), verbose=0)
+    with open(os.path.join(result.run_dir, "config.json")) as f:
+        saved = json.load(f)
+    assert saved["lora"]["rank"] == 4 and 0 < saved["lora"]["trainable_share"] < 1
+    assert result.metrics["optimizer"]["iterations"] == 6  # optimizer steps, not micro-steps
+    loaded = models.load_model(result.run_dir)  # the merged kernels
+    np.testing.assert_allclose(loaded.predict(TEXTS, verbose=0),
+                               result.model.predict(TEXTS, verbose=0), atol=5e-2)
