@@ -17,7 +17,7 @@ import pytest
 from conftest import write_tiny_checkpoint
 
 from tfmp import cli, data, files, models
-from tfmp.compress import distil, importance, sparsity, vocab
+from tfmp.compress import distil, hidden, importance, sparsity, vocab
 from tfmp.compress.backbone import CompactBertBackbone
 from tfmp.compress.prune import Plan, build_student, forward, mask_teacher
 
@@ -162,6 +162,66 @@ def test_distillation_loss_is_cross_entropy_without_a_teacher_and_kl_against_one
     np.testing.assert_allclose(same, 0.0, atol=1e-6)
 
 
+def test_hidden_forward_is_the_classifier_and_exposes_each_depths_cls_state(deep_bert_dir):
+    teacher = _classifier(deep_bert_dir)
+    x = _tokens(teacher)
+    plan = _random_plan(np.random.default_rng(2), (0, 1, 2, 3), units=32, heads=2, share=2)
+    student = build_student(teacher, plan, "float32")  # CompactBertBackbone, tied layers
+    expected = np.asarray(student(x, training=False))
+    logits, states = hidden.forward(student, x)
+    np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-6)
+    assert len(states) == 4 and tuple(states[0].shape) == (len(TEXTS), 32)
+    # The last depth's [CLS] is what the pooler reads.
+    pooled = student.backbone(x)["pooled_output"]
+    np.testing.assert_allclose(
+        np.asarray(student.backbone.get_layer("pooled_dense")(states[-1])), np.asarray(pooled),
+        atol=1e-6)
+    latest = hidden.expose(student)
+    np.testing.assert_allclose(np.asarray(student(x, training=False)), expected, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(latest["states"][2]), np.asarray(states[2]),
+                               atol=1e-6)
+    # Training mode drops out (rate 0.1 in the fixture? any rate > 0 changes the logits).
+    if student.backbone.dropout > 0:
+        assert not np.allclose(np.asarray(student(x, training=True)), expected, atol=1e-6)
+    # The teacher's table: its states after the kept layers, row per text.
+    table = hidden.teacher_states(teacher, TEXTS, (1, 3), batch_size=3)
+    _, full = hidden.forward(teacher, x)
+    assert table.shape == (len(TEXTS), 2, 32) and table.dtype == np.float32
+    np.testing.assert_allclose(table[:, 1], np.asarray(full[3]), atol=1e-5)
+
+
+def test_state_loss_is_the_mean_squared_difference_of_found_examples():
+    rng = np.random.default_rng(0)
+    student = [rng.normal(size=(3, 5)).astype(np.float32) for _ in range(2)]
+    teacher = rng.normal(size=(3, 2, 5)).astype(np.float32)
+    loss = np.asarray(hidden.state_loss(student, teacher, np.array([True, False, True])))
+    expected = ((np.stack(student, 1) - teacher) ** 2).mean(axis=(1, 2)) * [1, 0, 1]
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    same = hidden.state_loss([teacher[:, 0], teacher[:, 1]], teacher, np.ones(3, bool))
+    np.testing.assert_allclose(np.asarray(same), 0.0, atol=1e-7)
+
+
+def test_a_student_seed_reorders_the_training_split_and_keeps_its_examples():
+    from types import SimpleNamespace
+
+    from tfmp.compress.run import reseed
+
+    def run():
+        texts = [f"text {i}" for i in range(40)]
+        split = data.Split(texts, np.arange(40) % 3, np.arange(40) + 100)
+        return SimpleNamespace(splits=data.Splits(split, split, split))
+
+    a, b, c = run(), run(), run()
+    reseed(a, 1), reseed(b, 1), reseed(c, 2)
+    assert a.splits.train.texts == b.splits.train.texts  # a resumed run: the same order
+    assert a.splits.train.texts != c.splits.train.texts
+    assert sorted(c.splits.train.texts) == sorted(run().splits.train.texts)
+    for r in (a, c):  # each text keeps its label and its position in the dataset
+        t = r.splits.train
+        assert [int(s.split()[1]) % 3 for s in t.texts] == t.label_ids.tolist()
+        assert [int(s.split()[1]) + 100 for s in t.texts] == t.indices.tolist()
+
+
 def test_magnitude_pruning_zeroes_the_smallest_share_of_each_matrix(deep_bert_dir):
     model = _classifier(deep_bert_dir)
     masks = sparsity.prune_by_magnitude(model, 0.8)
@@ -223,6 +283,8 @@ def _compress_cli(capsys, *argv):
     (["--keep-layers", "0,2"], "2 is out of range; the teacher has 2 layers"),
     (["--drop-layers", "2"], "would keep no layer"),
     (["--keep-layers", "0", "--drop-layers", "1"], "not both"),
+    (["--hidden-weight", "-1"], "--hidden-weight must be 0 or more"),
+    (["--seed", "-3"], "--seed must be a whole number"),
 ])
 def test_bad_options_exit_2_with_a_clear_message_and_write_nothing(
         float32_run, tmp_path, capsys, flags, message):
