@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -350,7 +351,8 @@ def _run_compress(argv, env):
 def test_a_compression_killed_with_sigkill_resumes_to_the_same_model(float32_run, tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     argv = [float32_run.run_dir, "--drop-layers", "1", "--ffn-keep", "0.5", "--sparsity",
-            "0.5", "--epochs", "2", "--checkpoint-every", "4"]
+            "0.5", "--epochs", "2", "--checkpoint-every", "4", "--hidden-weight", "1",
+            "--seed", "5"]
     killed = _run_compress(argv + ["--out", str(tmp_path / "killed")], env)
     checkpoints = tmp_path / "killed.partial" / "checkpoints"
     deadline = time.time() + 300
@@ -382,7 +384,8 @@ def test_a_mixed_float16_teacher_gives_a_loss_scaled_distilled_student(mixed_flo
     from tfmp.compress import CompressConfig, compress
 
     result = compress(CompressConfig(teacher=mixed_float16_run.run_dir, out=str(tmp_path / "s"),
-                                     keep_layers=(1,), heads_keep=0.5, epochs=1), verbose=0)
+                                     keep_layers=(1,), heads_keep=0.5, epochs=1,
+                                     hidden_weight=1.0), verbose=0)
     saved = json.loads((tmp_path / "s" / "config.json").read_text())
     assert saved["policy"]["name"] == "mixed_float16"
     assert saved["optimizer"]["loss_scale_optimizer"] is True
@@ -390,3 +393,28 @@ def test_a_mixed_float16_teacher_gives_a_loss_scaled_distilled_student(mixed_flo
     assert result.model.get_layer("logits").compute_dtype == "float32"
     history = json.loads((tmp_path / "s" / "history.json").read_text())
     assert all(np.isfinite(history["loss"])) and all(np.isfinite(history["val_loss"]))
+
+
+@pytest.mark.slow
+def test_hidden_state_distillation_pulls_the_students_states_to_the_teachers(
+        float32_run, tmp_path):
+    from tfmp.compress import CompressConfig, compress
+
+    from tfmp.config import TrainConfig
+
+    saved = json.loads((Path(float32_run.run_dir) / "config.json").read_text())["config"]
+    texts = data.prepare_data(TrainConfig.from_json(saved))[2].train.texts
+    teacher = models.load_model(float32_run.run_dir)
+    distances = {}
+    for weight in (0.0, 10.0):
+        result = compress(CompressConfig(
+            teacher=float32_run.run_dir, out=str(tmp_path / f"w{weight}"), keep_layers=(0,),
+            ffn_keep=0.25, distil_weight=0.0, hidden_weight=weight, epochs=3, seed=1),
+            verbose=0)
+        record = json.loads((tmp_path / f"w{weight}" / "config.json").read_text())["compress"]
+        assert record["options"]["hidden_weight"] == weight
+        table = hidden.teacher_states(teacher, texts, (0,))
+        student = hidden.teacher_states(result.model, texts, (0,))
+        distances[weight] = float(np.mean((student - table) ** 2))
+    # Labels alone move the state away from the teacher's; the hidden loss holds it close.
+    assert distances[10.0] < 0.5 * distances[0.0], distances
