@@ -3,6 +3,12 @@
     python -m benchmarks.compression runs/full runs/half runs/half-ffn50 \
         --exports saved_models --rounds 3 --json benchmarks/results/compression.json
 
+    python -m benchmarks.compression --accuracy runs/L_s1 runs/L_s2 runs/D_s1 runs/D_s2
+
+With --accuracy nothing is timed: each run's test accuracy, macro-F1 and last-epoch
+validation accuracy, then the mean and sample standard deviation of each condition
+(runs named CONDITION_sSEED, e.g. one student trained with --seed 1, 2, 3).
+
 The first run is the reference. Training: each run's model (its `model.keras`, under
 the policy it was trained with) is compiled with tfmp's optimizer and trained
 `--steps` steps on the same batches of 32 raw training tweets, after one untimed
@@ -90,6 +96,28 @@ def _summary(measured, reference):
     return rows
 
 
+def _accuracy(runs):
+    """{"runs": {name: scores}, "conditions": {condition: mean and sd of each score}}."""
+    import re
+
+    scores, groups = {}, {}
+    for run_dir in runs:
+        name = os.path.basename(os.path.normpath(run_dir))
+        with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
+            metrics = json.load(f)
+        with open(os.path.join(run_dir, "history.json"), encoding="utf-8") as f:
+            history = json.load(f)
+        scores[name] = {"test_accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+                        "val_accuracy": history["val_accuracy"][-1]}
+        groups.setdefault(re.sub(r"_s\d+$", "", name), []).append(scores[name])
+    conditions = {
+        group: {key: {"mean": float(np.mean([r[key] for r in rows])),
+                      "sd": float(np.std([r[key] for r in rows], ddof=1)) if len(rows) > 1
+                      else None, "n": len(rows)} for key in rows[0]}
+        for group, rows in groups.items()}
+    return {"runs": scores, "conditions": conditions}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", help="run directories; the first is the reference")
@@ -99,7 +127,12 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--examples", type=int, default=512)
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--accuracy", action="store_true",
+                        help="no timing: the runs' scores and each condition's mean and sd")
     args = parser.parse_args(argv)
+    if args.accuracy:
+        common.print_result(_accuracy(args.runs), args.json)
+        return 0
     from tfmp import data
 
     config = _config(args.runs[0])

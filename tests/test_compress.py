@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 from conftest import write_tiny_checkpoint
 
 from tfmp import cli, data, files, models
-from tfmp.compress import distil, importance, sparsity, vocab
+from tfmp.compress import distil, hidden, importance, sparsity, vocab
 from tfmp.compress.backbone import CompactBertBackbone
 from tfmp.compress.prune import Plan, build_student, forward, mask_teacher
 
@@ -162,6 +163,66 @@ def test_distillation_loss_is_cross_entropy_without_a_teacher_and_kl_against_one
     np.testing.assert_allclose(same, 0.0, atol=1e-6)
 
 
+def test_hidden_forward_is_the_classifier_and_exposes_each_depths_cls_state(deep_bert_dir):
+    teacher = _classifier(deep_bert_dir)
+    x = _tokens(teacher)
+    plan = _random_plan(np.random.default_rng(2), (0, 1, 2, 3), units=32, heads=2, share=2)
+    student = build_student(teacher, plan, "float32")  # CompactBertBackbone, tied layers
+    expected = np.asarray(student(x, training=False))
+    logits, states = hidden.forward(student, x)
+    np.testing.assert_allclose(np.asarray(logits), expected, atol=1e-6)
+    assert len(states) == 4 and tuple(states[0].shape) == (len(TEXTS), 32)
+    # The last depth's [CLS] is what the pooler reads.
+    pooled = student.backbone(x)["pooled_output"]
+    np.testing.assert_allclose(
+        np.asarray(student.backbone.get_layer("pooled_dense")(states[-1])), np.asarray(pooled),
+        atol=1e-6)
+    latest = hidden.expose(student)
+    np.testing.assert_allclose(np.asarray(student(x, training=False)), expected, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(latest["states"][2]), np.asarray(states[2]),
+                               atol=1e-6)
+    # Training mode runs the dropout layers (the fixture's rate is above 0).
+    assert student.backbone.dropout > 0
+    assert not np.allclose(np.asarray(student(x, training=True)), expected, atol=1e-6)
+    # The teacher's table: its states after the kept layers, row per text.
+    table = hidden.teacher_states(teacher, TEXTS, (1, 3), batch_size=3)
+    _, full = hidden.forward(teacher, x)
+    assert table.shape == (len(TEXTS), 2, 32) and table.dtype == np.float32
+    np.testing.assert_allclose(table[:, 1], np.asarray(full[3]), atol=1e-5)
+
+
+def test_state_loss_is_the_mean_squared_difference_of_found_examples():
+    rng = np.random.default_rng(0)
+    student = [rng.normal(size=(3, 5)).astype(np.float32) for _ in range(2)]
+    teacher = rng.normal(size=(3, 2, 5)).astype(np.float32)
+    loss = np.asarray(hidden.state_loss(student, teacher, np.array([True, False, True])))
+    expected = ((np.stack(student, 1) - teacher) ** 2).mean(axis=(1, 2)) * [1, 0, 1]
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    same = hidden.state_loss([teacher[:, 0], teacher[:, 1]], teacher, np.ones(3, bool))
+    np.testing.assert_allclose(np.asarray(same), 0.0, atol=1e-7)
+
+
+def test_a_student_seed_reorders_the_training_split_and_keeps_its_examples():
+    from types import SimpleNamespace
+
+    from tfmp.compress.run import reseed
+
+    def run():
+        texts = [f"text {i}" for i in range(40)]
+        split = data.Split(texts, np.arange(40) % 3, np.arange(40) + 100)
+        return SimpleNamespace(splits=data.Splits(split, split, split))
+
+    a, b, c = run(), run(), run()
+    reseed(a, 1), reseed(b, 1), reseed(c, 2)
+    assert a.splits.train.texts == b.splits.train.texts  # a resumed run: the same order
+    assert a.splits.train.texts != c.splits.train.texts
+    assert sorted(c.splits.train.texts) == sorted(run().splits.train.texts)
+    for r in (a, c):  # each text keeps its label and its position in the dataset
+        t = r.splits.train
+        assert [int(s.split()[1]) % 3 for s in t.texts] == t.label_ids.tolist()
+        assert [int(s.split()[1]) + 100 for s in t.texts] == t.indices.tolist()
+
+
 def test_magnitude_pruning_zeroes_the_smallest_share_of_each_matrix(deep_bert_dir):
     model = _classifier(deep_bert_dir)
     masks = sparsity.prune_by_magnitude(model, 0.8)
@@ -223,6 +284,8 @@ def _compress_cli(capsys, *argv):
     (["--keep-layers", "0,2"], "2 is out of range; the teacher has 2 layers"),
     (["--drop-layers", "2"], "would keep no layer"),
     (["--keep-layers", "0", "--drop-layers", "1"], "not both"),
+    (["--hidden-weight", "-1"], "--hidden-weight must be 0 or more"),
+    (["--seed", "-3"], "--seed must be a whole number"),
 ])
 def test_bad_options_exit_2_with_a_clear_message_and_write_nothing(
         float32_run, tmp_path, capsys, flags, message):
@@ -288,7 +351,8 @@ def _run_compress(argv, env):
 def test_a_compression_killed_with_sigkill_resumes_to_the_same_model(float32_run, tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     argv = [float32_run.run_dir, "--drop-layers", "1", "--ffn-keep", "0.5", "--sparsity",
-            "0.5", "--epochs", "2", "--checkpoint-every", "4"]
+            "0.5", "--epochs", "2", "--checkpoint-every", "4", "--hidden-weight", "1",
+            "--seed", "5"]
     killed = _run_compress(argv + ["--out", str(tmp_path / "killed")], env)
     checkpoints = tmp_path / "killed.partial" / "checkpoints"
     deadline = time.time() + 300
@@ -320,7 +384,8 @@ def test_a_mixed_float16_teacher_gives_a_loss_scaled_distilled_student(mixed_flo
     from tfmp.compress import CompressConfig, compress
 
     result = compress(CompressConfig(teacher=mixed_float16_run.run_dir, out=str(tmp_path / "s"),
-                                     keep_layers=(1,), heads_keep=0.5, epochs=1), verbose=0)
+                                     keep_layers=(1,), heads_keep=0.5, epochs=1,
+                                     hidden_weight=1.0), verbose=0)
     saved = json.loads((tmp_path / "s" / "config.json").read_text())
     assert saved["policy"]["name"] == "mixed_float16"
     assert saved["optimizer"]["loss_scale_optimizer"] is True
@@ -328,3 +393,28 @@ def test_a_mixed_float16_teacher_gives_a_loss_scaled_distilled_student(mixed_flo
     assert result.model.get_layer("logits").compute_dtype == "float32"
     history = json.loads((tmp_path / "s" / "history.json").read_text())
     assert all(np.isfinite(history["loss"])) and all(np.isfinite(history["val_loss"]))
+
+
+@pytest.mark.slow
+def test_hidden_state_distillation_pulls_the_students_states_to_the_teachers(
+        float32_run, tmp_path):
+    from tfmp.compress import CompressConfig, compress
+
+    from tfmp.config import TrainConfig
+
+    saved = json.loads((Path(float32_run.run_dir) / "config.json").read_text())["config"]
+    texts = data.prepare_data(TrainConfig.from_json(saved))[2].train.texts
+    teacher = models.load_model(float32_run.run_dir)
+    distances = {}
+    for weight in (0.0, 10.0):
+        result = compress(CompressConfig(
+            teacher=float32_run.run_dir, out=str(tmp_path / f"w{weight}"), keep_layers=(0,),
+            ffn_keep=0.25, distil_weight=0.0, hidden_weight=weight, epochs=3, seed=1),
+            verbose=0)
+        record = json.loads((tmp_path / f"w{weight}" / "config.json").read_text())["compress"]
+        assert record["options"]["hidden_weight"] == weight
+        table = hidden.teacher_states(teacher, texts, (0,))
+        student = hidden.teacher_states(result.model, texts, (0,))
+        distances[weight] = float(np.mean((student - table) ** 2))
+    # Labels alone move the state away from the teacher's; the hidden loss holds it close.
+    assert distances[10.0] < 0.5 * distances[0.0], distances

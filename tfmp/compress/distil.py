@@ -27,6 +27,8 @@ Here the classifier stays the fitted model and only its loss changes.
 
 import numpy as np
 
+from tfmp.compress import hidden
+
 
 def teacher_logits(teacher, texts, batch_size=64):
     """float32 logits [len(texts), classes] of `teacher` (built under float32) on `texts`."""
@@ -52,12 +54,15 @@ def distillation_loss(labels, student, teacher, found, temperature, weight):
     return found * (weight * kl + (1.0 - weight) * hard) + (1.0 - found) * hard
 
 
-def attach(student, texts, logits, temperature=2.0, weight=0.5):
+def attach(student, texts, logits, temperature=2.0, weight=0.5, states=None,
+           state_weight=0.0):
     """Makes `student` (a compiled `BertClassifier`) train against the teacher's `logits`.
 
     Only this instance changes, and only its training: its inputs carry the teacher's
     logits alongside the labels, its loss is `distillation_loss`, its metrics see the
-    labels. Its layers, weights and saved file are a plain classifier's.
+    labels. Its layers, weights and saved file are a plain classifier's. With `states`
+    (`hidden.teacher_states`, one row per text) and `state_weight` > 0, the loss also has
+    `state_weight` times `hidden.state_loss` against them.
     """
     import keras
     import tensorflow as tf
@@ -69,14 +74,21 @@ def attach(student, texts, logits, temperature=2.0, weight=0.5):
         tf.constant(list(unique), tf.string), tf.constant(list(unique.values()), tf.int64)),
         default_value=-1)
     rows = tf.constant(np.concatenate([logits, np.zeros_like(logits[:1])]), tf.float32)
+    use_states = states is not None and state_weight > 0
+    if use_states:
+        state_rows = tf.constant(np.concatenate([states, np.zeros_like(states[:1])]),
+                                 tf.float32)
+        latest = hidden.expose(student)
     parent_preprocess = type(student).preprocess_samples.__get__(student)
     parent_metrics = type(student).compute_metrics.__get__(student)
 
     def preprocess_samples(x, y=None, sample_weight=None):
         if y is not None and isinstance(x, tf.Tensor) and x.dtype == tf.string:
             index = table.lookup(x)
-            y = {"label": y, "found": index >= 0,
-                 "teacher": tf.gather(rows, tf.where(index >= 0, index, len(logits)))}
+            row = tf.where(index >= 0, index, len(logits))
+            y = {"label": y, "found": index >= 0, "teacher": tf.gather(rows, row)}
+            if use_states:
+                y["states"] = tf.gather(state_rows, row)
         return parent_preprocess(x, y, sample_weight)
 
     def compute_loss(x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -84,6 +96,9 @@ def attach(student, texts, logits, temperature=2.0, weight=0.5):
             return type(student).compute_loss(student, x, y, y_pred, sample_weight, training)
         per_example = distillation_loss(y["label"], y_pred, y["teacher"], y["found"],
                                         temperature, weight)
+        if use_states:
+            per_example = per_example + state_weight * hidden.state_loss(
+                latest["states"], y["states"], y["found"])
         if sample_weight is not None:
             per_example = per_example * keras.ops.cast(sample_weight, "float32")
         return keras.ops.mean(per_example)
@@ -97,5 +112,6 @@ def attach(student, texts, logits, temperature=2.0, weight=0.5):
     student.compute_loss = compute_loss
     student.compute_metrics = compute_metrics
     student._tfmp_distillation = {"temperature": temperature, "weight": weight,
+                                  "state_weight": state_weight if use_states else 0.0,
                                   "teacher_examples": len(unique)}
     return student

@@ -40,7 +40,13 @@ class CompressConfig:
     temperature: float = _setting(2.0, "distillation temperature")
     distil_weight: float = _setting(
         0.5, "weight of the teacher's soft targets in the loss; 0: labels only, no teacher")
+    hidden_weight: float = _setting(
+        0.0, "weight of matching the teacher's [CLS] hidden state at each kept layer (mean "
+        "squared difference); 0: logits only")
     epochs: int | None = _setting(None, "fine-tuning epochs (default: the teacher's)")
+    seed: int | None = _setting(
+        None, "seed of the student's dropout and batch order (default: the teacher's); the "
+        "splits and the pruning plan stay the teacher's")
     lr: float | None = _setting(None, "peak learning rate (default: the teacher's)")
     checkpoint_every: int | None = _setting(
         None, "optimizer steps between checkpoints (default: the teacher's)")
@@ -82,11 +88,15 @@ class CompressConfig:
              f"--temperature must be positive, got {self.temperature}."),
             (0 <= self.distil_weight <= 1,
              f"--distil-weight must be in [0, 1], got {self.distil_weight}."),
+            (self.hidden_weight >= 0 and math.isfinite(self.hidden_weight),
+             f"--hidden-weight must be 0 or more, got {self.hidden_weight}."),
             (self.importance_examples >= 1,
              f"--importance-examples must be 1 or more, got {self.importance_examples}."),
             (self.epochs is None or self.epochs >= 1,
              f"--epochs must be at least 1, got {self.epochs}."),
             (self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}."),
+            (self.seed is None or (isinstance(self.seed, int) and self.seed >= 0),
+             f"--seed must be a whole number 0 or more, got {self.seed}."),
         ]
         for ok, message in checks:
             if not ok:

@@ -22,6 +22,7 @@ import os
 
 from tfmp import families, files, models, precision, rundir
 from tfmp.compress import distil
+from tfmp.compress import hidden
 from tfmp.compress import importance
 from tfmp.compress import sparsity
 from tfmp.compress import vocab
@@ -47,6 +48,25 @@ def teacher_config(cfg):
         if getattr(cfg, name) is not None:
             changes[name] = getattr(cfg, name)
     return dataclasses.replace(config, **changes)
+
+
+def reseed(run, seed):
+    """The student's own `seed` for dropout and batch order; the splits stay the teacher's.
+
+    train's batch order is a function of (config.seed, epoch) over the training split, and
+    config.seed must stay the teacher's (it also draws the splits), so the training split is
+    put in an order drawn from `seed` (the same on resume): the same examples, other batches.
+    """
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(seed)
+    train = run.splits.train
+    order = np.random.default_rng([seed, 0x5EED]).permutation(len(train))
+    train.texts[:] = [train.texts[i] for i in order]
+    train.label_ids[:] = train.label_ids[order]
+    if train.indices is not None:
+        train.indices[:] = train.indices[order]
 
 
 class _Source:
@@ -102,7 +122,9 @@ class _Source:
         return Plan(tuple(keep), ffn, heads, cfg.share_layers, kept), measured
 
     def build(self, run):
-        plan, measured = self._plan(run)
+        plan, measured = self._plan(run)  # the teacher's seed: one plan whatever --seed
+        if self.cfg.seed is not None:
+            reseed(run, self.cfg.seed)
         student = build_student(self.float32, plan, run.policy)
         if self.cfg.sparsity:
             self.masks = sparsity.prune_by_magnitude(student, self.cfg.sparsity)
@@ -117,10 +139,14 @@ class _Source:
         return student
 
     def prepare(self, model, run):
-        if self.cfg.distil_weight > 0:
-            logits = distil.teacher_logits(self.float32, run.splits.train.texts)
-            distil.attach(model, run.splits.train.texts, logits, self.cfg.temperature,
-                          self.cfg.distil_weight)
+        cfg, texts = self.cfg, run.splits.train.texts
+        if cfg.distil_weight > 0 or cfg.hidden_weight > 0:
+            logits = distil.teacher_logits(self.float32, texts)
+            states = (hidden.teacher_states(self.float32, texts,
+                                            Plan.from_json(self.record["plan"]).keep_layers)
+                      if cfg.hidden_weight > 0 else None)
+            distil.attach(model, texts, logits, cfg.temperature, cfg.distil_weight, states,
+                          cfg.hidden_weight)
         self._float32 = None  # the teacher is not needed while the student trains
         return [sparsity.HoldSparsity(self.masks)] if self.masks else []
 
