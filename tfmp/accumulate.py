@@ -100,7 +100,7 @@ def accumulating_train_step(model, steps):
                                            training=True) * share
                 scaled = model.optimizer.scale_loss(loss) if model.optimizer else loss
             grads = tape.gradient(scaled, weights)
-            # Summed in float32 (tfmp's variables are float32 under every policy), dense:
+            # precision.FLOAT32_ISLANDS["accumulated gradients"]; dense:
             # an embedding's IndexedSlices would not keep one shape across iterations.
             sums = [s + tf.cast(tf.convert_to_tensor(g), s.dtype) if g is not None else s
                     for s, g in zip(sums, grads)]

@@ -134,6 +134,7 @@ def enable(classifier, rank, targets=DEFAULT_TARGETS, base_int8=False):
             layer.bias.trainable = False
         bad = [v.path for v in (layer.lora_kernel_a, layer.lora_kernel_b) if v.dtype != "float32"]
         if bad:
+            # precision.FLOAT32_ISLANDS["LoRA adapters"]
             raise TypeError(f"LoRA weights {bad} are not float32; tfmp keeps adapters float32.")
         # Checkpoints save W, A and B as they are (see the module docstring).
         layer.save_own_variables = functools.partial(keras.layers.Layer.save_own_variables, layer)

@@ -1,8 +1,7 @@
 """Precision policies: which one, why, whether it needs loss scaling, which layers stay float32.
 
-Every decision about numeric precision in tfmp is made here; the optimizer, model,
-callbacks, diagnosis and export modules ask this module instead of looking at policy
-names themselves:
+Every decision about numeric precision in tfmp is made here; the other modules ask this
+module instead of looking at policy names themselves:
 
     policy = resolve("auto")          # Policy(name="mixed_bfloat16", reason="...")
     with policy_scope(policy):        # sets keras' global policy, restores it on exit
@@ -42,8 +41,12 @@ FLOAT32_ISLANDS = {
     "served softmax": "export.savedmodel and export.tflite: probabilities are a float32 "
                       "softmax of the logits whatever the compute dtype",
     "diagnosis loss": "diagnose: the probed loss is computed on float32 logits",
-    "distillation loss": "compress.distil: the soft targets' softmax, KL and cross-entropy "
-                         "are computed on float32 logits (the teacher's are float32 too)",
+    "distillation loss": "compress.distil and compress.hidden: softmax, KL, cross-entropy and "
+                         "the hidden-state MSE on float32 values (the teacher's are float32)",
+    "LoRA adapters": "lora.enable: A and B are float32 variables under every policy (checked), "
+                     "so small adapter updates survive; export merges W + A·B in float32",
+    "accumulated gradients": "accumulate: micro-batch gradients summed in float32, then "
+                             "unscaled and finite-checked once per optimizer step",
 }
 
 # Compression (tfmp.compress) runs the teacher for two things only, once each: the
@@ -165,12 +168,9 @@ def resolve(name="auto", hardware=None, float32_layers=()):
             f"Policy '{name}' keeps the weights themselves in {name}: AdamW updates "
             f"smaller than the weight's rounding step (about 1/256 of it in bfloat16, "
             f"1/2048 in float16) are lost, and fine-tuning stalls. Use "
-            f"'{_PURE_LOW_PRECISION[name]}' ({name} compute, float32 weights) instead."
-        )
+            f"'{_PURE_LOW_PRECISION[name]}' ({name} compute, float32 weights) instead.")
     if name not in CHOICES:
-        raise PolicyError(
-            f"Unknown policy '{name}'. Choose one of: {', '.join(CHOICES)}."
-        )
+        raise PolicyError(f"Unknown policy '{name}'. Choose one of: {', '.join(CHOICES)}.")
     if name == "auto":
         hardware = hardware or detect_hardware()
         name, reason = choose(hardware)
