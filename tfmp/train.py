@@ -223,6 +223,9 @@ def _train_in_scope(run):
         f" ({optimizer.loss_scaling(config).describe()} loss scale) around AdamW"
         if run.policy.loss_scaling else " (no loss scaling)"))
 
+    if not model.optimizer.built:  # left to Keras, it is built inside the first traced
+        model.optimizer.build(model.trainable_variables)  # step, which is then traced twice
+
     staging = rundir.open_staging(run.out, run.dist, resuming=run.resume is not None)
     if config.precision_map == "adaptive" and not run.resume and run.dist.is_chief:
         adaptive.write(staging, run.policy, calibration)
