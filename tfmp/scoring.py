@@ -9,10 +9,6 @@ import numpy as np
 from tfmp import data
 
 
-def _texts_only(texts, label_ids):
-    return texts
-
-
 def evaluate(model, split, label_map, batch_size=64, shard=None):
     """Accuracy, macro-F1 and scikit-learn's classification report on `split`."""
     from sklearn.metrics import classification_report, f1_score
@@ -20,7 +16,9 @@ def evaluate(model, split, label_map, batch_size=64, shard=None):
     ds = data.make_dataset(split, None, batch_size)
     if shard is not None:
         ds = shard(ds)
-    logits = model.predict(ds.map(_texts_only), verbose=0)
+    # (texts, labels) batches, as in fit: `predict` ignores the labels, and inside
+    # `models.preprocessing_traced_once` the tokenizer graph fit traced serves again.
+    logits = model.predict(ds, verbose=0)
     predicted = np.argmax(logits, axis=-1)
     truth = np.asarray(split.label_ids)
     labels = list(range(label_map.num_classes))

@@ -196,8 +196,10 @@ def _train_in_scope(run):
         run.policy, calibration, timings["calibration"] = adaptive.calibrate(
             model, data.epoch_dataset(splits.train, config.batch_size, config.seed, 0),
             run.policy, config.calibration_batches, config.initial_loss_scale, run.log)
-    clock = time.perf_counter()
-    lengths = data.token_lengths(splits.train.texts, model.preprocessor)
+    clock = time.perf_counter()  # one tokenizer pass: a pass costs a graph trace (~1 s)
+    lengths = data.token_lengths(splits.train.texts + splits.validation.texts,
+                                 model.preprocessor)
+    lengths, val_lengths = lengths[:len(splits.train)], lengths[len(splits.train):]
     timings["token lengths (for length grouping)"] = time.perf_counter() - clock
     truncated = int(np.sum(lengths > config.seq_len))
     counts = np.bincount(splits.train.label_ids, minlength=run.label_map.num_classes)
@@ -234,12 +236,13 @@ def _train_in_scope(run):
         checkpoint.restore(model, run.resume.checkpoint, run.resume.state)
         history = run.resume.state.get("history") or {}
     try:
-        fitted = _fit(run, model, staging, history, steps_per_epoch,
-                      lengths if config.length_grouping else None)
-        # A finished run is never committed with NaN weights (its checksum would pass).
-        checkpoint.check_finite(model, optimizer.global_step(model.optimizer))
-        clock = time.perf_counter()
-        metrics = runrecord.test_metrics(run, model, fitted)
+        with models.preprocessing_traced_once(model):  # every epoch's fit and the test
+            fitted = _fit(run, model, staging, history, steps_per_epoch,
+                          lengths if config.length_grouping else None, val_lengths)
+            # A finished run is never committed with NaN weights (its checksum would pass).
+            checkpoint.check_finite(model, optimizer.global_step(model.optimizer))
+            clock = time.perf_counter()
+            metrics = runrecord.test_metrics(run, model, fitted)
         metrics["timings"] = dict(timings, **fitted["timings"],
                                   **{"test evaluation": time.perf_counter() - clock})
         metrics["memory"] = fitted["memory"].summary(config)
@@ -310,12 +313,12 @@ def _fit_callbacks(run, staging, history, steps_per_epoch, total_steps, lengths,
     ]
 
 
-def _fit(run, model, staging, history, steps_per_epoch, lengths):
+def _fit(run, model, staging, history, steps_per_epoch, lengths, val_lengths=None):
     """Trains the remaining epochs; returns {"monitor", "seconds", "steps", "start_step"}."""
     config, dist = run.config, run.dist
     shard = distribute.shard_by_data if dist.num_workers > 1 else (lambda ds: ds)
-    val_ds = (shard(data.make_dataset(data.by_length(run.splits.validation, model.preprocessor),
-                                      None, 64))
+    val_ds = (shard(data.make_dataset(data.by_length(run.splits.validation, model.preprocessor,
+                                                     val_lengths), None, 64))
               if len(run.splits.validation) else None)
     start_step = optimizer.global_step(model.optimizer)
     position = checkpoint.Position.from_step(start_step, steps_per_epoch)
