@@ -185,6 +185,19 @@ def _policy(config, point, dist):
     return policy
 
 
+def _log_data(run, lengths):
+    """Logs the data and splits; returns how many training texts are truncated."""
+    config, splits = run.config, run.splits
+    truncated = int(np.sum(lengths > config.seq_len))
+    counts = np.bincount(splits.train.label_ids, minlength=run.label_map.num_classes)
+    run.log(
+        f"Data: {config.data}: {len(run.examples.texts)} examples "
+        f"({', '.join(f'{n}={c}' for n, c in zip(run.label_map.names, counts))} in train); "
+        f"train/validation/test = {len(splits.train)}/{len(splits.validation)}/"
+        f"{len(splits.test)}; {truncated} training texts truncated to {config.seq_len} tokens.")
+    return truncated
+
+
 def _train_in_scope(run):
     config, splits = run.config, run.splits
     clock = time.perf_counter()
@@ -201,13 +214,7 @@ def _train_in_scope(run):
                                  model.preprocessor)
     lengths, val_lengths = lengths[:len(splits.train)], lengths[len(splits.train):]
     timings["token lengths (for length grouping)"] = time.perf_counter() - clock
-    truncated = int(np.sum(lengths > config.seq_len))
-    counts = np.bincount(splits.train.label_ids, minlength=run.label_map.num_classes)
-    run.log(
-        f"Data: {config.data}: {len(run.examples.texts)} examples "
-        f"({', '.join(f'{n}={c}' for n, c in zip(run.label_map.names, counts))} in train); "
-        f"train/validation/test = {len(splits.train)}/{len(splits.validation)}/"
-        f"{len(splits.test)}; {truncated} training texts truncated to {config.seq_len} tokens.")
+    truncated = _log_data(run, lengths)
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     lora.request(model, config)  # enabled by compiling (models.TRANSFORMS)
@@ -224,7 +231,6 @@ def _train_in_scope(run):
     run.log(f"Optimizer: {type(model.optimizer).__name__}" + (
         f" ({optimizer.loss_scaling(config).describe()} loss scale) around AdamW"
         if run.policy.loss_scaling else " (no loss scaling)"))
-
     if not model.optimizer.built:  # left to Keras, it is built inside the first traced
         model.optimizer.build(model.trainable_variables)  # step, which is then traced twice
 
