@@ -435,9 +435,11 @@ def _run_compress(argv, env):
 @pytest.mark.slow
 def test_a_compression_killed_with_sigkill_resumes_to_the_same_model(float32_run, tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
+    # With a transfer set: its texts and their place in the batches are the same on resume.
+    extra = write_sentiment_csv(tmp_path / "more.csv", n=200, seed=11)
     argv = [float32_run.run_dir, "--drop-layers", "1", "--ffn-keep", "0.5", "--sparsity",
             "0.5", "--epochs", "2", "--checkpoint-every", "4", "--hidden-weight", "1",
-            "--seed", "5"]
+            "--seed", "5", "--transfer-examples", "40", "--transfer-data", extra]
     killed = _run_compress(argv + ["--out", str(tmp_path / "killed")], env)
     checkpoints = tmp_path / "killed.partial" / "checkpoints"
     deadline = time.time() + 300
