@@ -190,8 +190,11 @@ def test_an_attached_student_reads_no_label_of_a_transfer_text(deep_bert_dir):
     classifier = _classifier(deep_bert_dir)
     classifier.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
-    logits = np.random.default_rng(0).normal(size=(len(TEXTS), 3)).astype(np.float32)
-    distil.attach(classifier, TEXTS, logits, 2.0, 0.5, unlabelled=TEXTS[4:])
+    # A repeated labelled text: the table's rows are positions in `texts`, not unique texts.
+    texts = TEXTS[:4] + [TEXTS[1]] + TEXTS[4:]
+    table = np.random.default_rng(0).normal(size=(len(texts), 3)).astype(np.float32)
+    logits = table[[0, 1, 2, 3, 5, 6, 7, 8]]  # the teacher's logits of TEXTS, in order
+    distil.attach(classifier, texts, table, 2.0, 0.5, unlabelled=TEXTS[4:])
     losses = []
     for labels in ([0] * 8, [0, 1, 2, 0, 2, 2, 1, 1]):
         y = classifier.preprocess_samples(tf.constant(TEXTS), tf.constant(labels))[1]

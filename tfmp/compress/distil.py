@@ -85,7 +85,8 @@ def attach(student, texts, logits, temperature=2.0, weight=0.5, states=None,
         default_value=-1)
     rows = tf.constant(np.concatenate([logits, np.zeros_like(logits[:1])]), tf.float32)
     unlabelled = set(unlabelled)
-    labelled_rows = tf.constant([t not in unlabelled for t in unique] + [True], tf.bool)
+    # Indexed like `rows` (a text's first position in `texts`), plus the not-found row.
+    labelled_rows = tf.constant([t not in unlabelled for t in texts] + [True], tf.bool)
     use_states = states is not None and state_weight > 0
     if use_states:
         state_rows = tf.constant(np.concatenate([states, np.zeros_like(states[:1])]),
