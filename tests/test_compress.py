@@ -15,10 +15,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import write_tiny_checkpoint
+from conftest import write_sentiment_csv, write_tiny_checkpoint
 
 from tfmp import cli, data, files, models
-from tfmp.compress import distil, hidden, importance, sparsity, vocab
+from tfmp.compress import distil, hidden, importance, sparsity, transfer, vocab
 from tfmp.compress.backbone import CompactBertBackbone
 from tfmp.compress.prune import Plan, build_student, forward, mask_teacher
 
@@ -163,6 +163,71 @@ def test_distillation_loss_is_cross_entropy_without_a_teacher_and_kl_against_one
     np.testing.assert_allclose(same, 0.0, atol=1e-6)
 
 
+def test_a_transfer_text_gets_the_soft_term_alone_whatever_its_label():
+    student = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-1.0, 3.0, 0.0]], np.float32)
+    teacher = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.0, 1.0, 0.0]], np.float32)
+    labelled = np.array([True, False, False])
+    p = np.exp(teacher / 2) / np.exp(teacher / 2).sum(-1, keepdims=True)
+    q = np.exp(student / 2) / np.exp(student / 2).sum(-1, keepdims=True)
+    kl = (p * np.log(p / q)).sum(-1) * 4.0
+    for labels in ([0, 2, 1], [0, 0, 0], [0, 1, 2]):
+        ce = np.asarray(keras.losses.sparse_categorical_crossentropy(
+            np.array(labels), student, from_logits=True))
+        loss = np.asarray(distil.distillation_loss(np.array(labels), student, teacher,
+                                                   [True] * 3, 2.0, 0.7, labelled))
+        # Labelled: 0.7 KL + 0.3 CE; transfer: all of its loss is KL, the label unread.
+        np.testing.assert_allclose(loss, np.where(labelled, 0.7 * kl + 0.3 * ce, kl),
+                                   rtol=1e-5)
+    # Labels only (weight 0): a transfer text adds nothing.
+    none = np.asarray(distil.distillation_loss(np.array([0, 0, 0]), student, teacher,
+                                               [True] * 3, 2.0, 0.0, labelled))
+    np.testing.assert_allclose(none[1:], 0.0, atol=1e-7)
+
+
+def test_an_attached_student_reads_no_label_of_a_transfer_text(deep_bert_dir):
+    import tensorflow as tf
+
+    classifier = _classifier(deep_bert_dir)
+    classifier.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    # A repeated labelled text: the table's rows are positions in `texts`, not unique texts.
+    texts = TEXTS[:4] + [TEXTS[1]] + TEXTS[4:]
+    table = np.random.default_rng(0).normal(size=(len(texts), 3)).astype(np.float32)
+    logits = table[[0, 1, 2, 3, 5, 6, 7, 8]]  # the teacher's logits of TEXTS, in order
+    distil.attach(classifier, texts, table, 2.0, 0.5, unlabelled=TEXTS[4:])
+    losses = []
+    for labels in ([0] * 8, [0, 1, 2, 0, 2, 2, 1, 1]):
+        y = classifier.preprocess_samples(tf.constant(TEXTS), tf.constant(labels))[1]
+        assert np.asarray(y["labelled"]).tolist() == [True] * 4 + [False] * 4
+        # The student predicting the teacher's logits: no soft loss; the labelled half's
+        # cross-entropy alone, whatever the transfer texts' labels say.
+        losses.append(float(classifier.compute_loss(y=y, y_pred=tf.constant(logits))))
+        ce = keras.losses.sparse_categorical_crossentropy(np.array(labels[:4]), logits[:4],
+                                                          from_logits=True)
+        assert losses[-1] == pytest.approx(0.5 * float(np.sum(ce)) / 8, rel=1e-5)
+    assert classifier._tfmp_distillation["transfer_examples"] == 4
+
+
+def test_transfer_texts_are_the_left_out_training_texts_never_validation_or_test(
+        sentiment_csv):
+    from tfmp.config import TrainConfig
+    from tfmp.errors import UserError
+
+    config = TrainConfig(data=sentiment_csv, max_train_examples=100, seed=3)
+    splits = data.prepare_data(config)[2]
+    texts = transfer.choose(config, splits, 60)
+    assert len(texts) == len(set(texts)) == 60
+    assert texts == transfer.choose(config, splits, 60)  # the same on resume
+    whole = data.prepare_data(TrainConfig(data=sentiment_csv, seed=3))[2]
+    assert set(texts) <= set(whole.train.texts)
+    for split in (splits.train, splits.validation, splits.test):
+        assert not set(texts) & set(split.texts)
+    with pytest.raises(UserError, match="--transfer-examples 10000: there are only"):
+        transfer.choose(config, splits, 10_000)
+    extended = transfer.extend(splits.train, texts)
+    assert len(extended) == 160 and list(extended.indices[100:]) == [-1] * 60
+
+
 def test_hidden_forward_is_the_classifier_and_exposes_each_depths_cls_state(deep_bert_dir):
     teacher = _classifier(deep_bert_dir)
     x = _tokens(teacher)
@@ -286,6 +351,10 @@ def _compress_cli(capsys, *argv):
     (["--keep-layers", "0", "--drop-layers", "1"], "not both"),
     (["--hidden-weight", "-1"], "--hidden-weight must be 0 or more"),
     (["--seed", "-3"], "--seed must be a whole number"),
+    (["--transfer-examples", "-1"], "--transfer-examples must be a whole number"),
+    (["--transfer-examples", "5"], "there are only 0 training-split texts the teacher left"),
+    (["--transfer-examples", "5", "--distil-weight", "0"], "they teach nothing"),
+    (["--transfer-examples", "5", "--transfer-data", "missing.csv"], "--transfer-data: "),
 ])
 def test_bad_options_exit_2_with_a_clear_message_and_write_nothing(
         float32_run, tmp_path, capsys, flags, message):
@@ -341,6 +410,25 @@ def test_a_compressed_run_is_a_run_directory_that_exports(float32_run, tmp_path,
     assert not (tmp_path / "hf" / "student").exists()
 
 
+@pytest.mark.slow
+def test_a_transfer_set_joins_the_training_split_and_is_recorded(float32_run, tmp_path, capsys):
+    extra = write_sentiment_csv(tmp_path / "more.csv", n=200, seed=11)
+    out = tmp_path / "student"
+    code, err = _compress_cli(capsys, float32_run.run_dir, "--out", out, "--keep-layers", "1",
+                              "--epochs", "1", "--transfer-examples", "40",
+                              "--transfer-data", extra)
+    assert code == 0, err
+    saved = json.loads((out / "config.json").read_text())
+    teacher = json.loads((Path(float32_run.run_dir) / "config.json").read_text())
+    assert saved["compress"]["transfer"] == {"examples": 40, "source": extra,
+                                             "labelled_examples": 288}
+    splits, before = saved["data"]["splits"], teacher["data"]["splits"]
+    assert splits["train"] == before["train"] + 40
+    assert (splits["validation"], splits["test"]) == (before["validation"], before["test"])
+    assert saved["data"]["test_indices"] == teacher["data"]["test_indices"]
+    assert saved["optimizer"]["steps_per_epoch"] == -(-(288 + 40) // teacher["config"]["batch_size"])
+
+
 def _run_compress(argv, env):
     return subprocess.Popen([sys.executable, "-m", "tfmp", "compress", *argv, "--quiet"],
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -350,9 +438,11 @@ def _run_compress(argv, env):
 @pytest.mark.slow
 def test_a_compression_killed_with_sigkill_resumes_to_the_same_model(float32_run, tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
+    # With a transfer set: its texts and their place in the batches are the same on resume.
+    extra = write_sentiment_csv(tmp_path / "more.csv", n=200, seed=11)
     argv = [float32_run.run_dir, "--drop-layers", "1", "--ffn-keep", "0.5", "--sparsity",
             "0.5", "--epochs", "2", "--checkpoint-every", "4", "--hidden-weight", "1",
-            "--seed", "5"]
+            "--seed", "5", "--transfer-examples", "40", "--transfer-data", extra]
     killed = _run_compress(argv + ["--out", str(tmp_path / "killed")], env)
     checkpoints = tmp_path / "killed.partial" / "checkpoints"
     deadline = time.time() + 300

@@ -8,7 +8,9 @@ The loss of a training example is
     weight * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - weight) * CE(label)
 (Hinton et al., 2015; T^2 keeps the soft term's gradients the size of the hard one's
 as T changes). Validation examples are not in the teacher's table and get the plain
-cross-entropy, so `val_loss` means what it means in any run.
+cross-entropy, so `val_loss` means what it means in any run. Transfer-set texts
+(`tfmp.compress.transfer`: in the table, no label) get the soft term alone, at weight 1
+(0 when `weight` is 0), and the training accuracy does not count them.
 
 The teacher's logits are computed once, in float32, for the training texts
 (`teacher_logits`), and looked up by text inside the student's input pipeline (a
@@ -39,8 +41,12 @@ def teacher_logits(teacher, texts, batch_size=64):
     return np.asarray(teacher.predict(ds, verbose=0), np.float32)
 
 
-def distillation_loss(labels, student, teacher, found, temperature, weight):
-    """Per-example loss (see the module docstring); float32 whatever the policy."""
+def distillation_loss(labels, student, teacher, found, temperature, weight, labelled=None):
+    """Per-example loss (see the module docstring); float32 whatever the policy.
+
+    `labelled` (None: all) is False for transfer-set texts: `labels` is not read for them
+    and their loss is `T^2 KL` (0 if `weight` is 0).
+    """
     import keras
 
     ops = keras.ops
@@ -51,18 +57,22 @@ def distillation_loss(labels, student, teacher, found, temperature, weight):
     log_teacher = ops.log_softmax(teacher / temperature, axis=-1)
     kl = ops.sum(soft_teacher * (log_teacher - log_student), axis=-1) * temperature ** 2
     found = ops.cast(found, "float32")
-    return found * (weight * kl + (1.0 - weight) * hard) + (1.0 - found) * hard
+    labelled = 1.0 if labelled is None else ops.cast(labelled, "float32")
+    soft_only = (1.0 if weight > 0 else 0.0) * kl
+    taught = labelled * (weight * kl + (1.0 - weight) * hard) + (1.0 - labelled) * soft_only
+    return found * taught + (1.0 - found) * hard
 
 
 def attach(student, texts, logits, temperature=2.0, weight=0.5, states=None,
-           state_weight=0.0):
+           state_weight=0.0, unlabelled=()):
     """Makes `student` (a compiled `BertClassifier`) train against the teacher's `logits`.
 
     Only this instance changes, and only its training: its inputs carry the teacher's
     logits alongside the labels, its loss is `distillation_loss`, its metrics see the
     labels. Its layers, weights and saved file are a plain classifier's. With `states`
     (`hidden.teacher_states`, one row per text) and `state_weight` > 0, the loss also has
-    `state_weight` times `hidden.state_loss` against them.
+    `state_weight` times `hidden.state_loss` against them. Texts in `unlabelled` (the
+    transfer set, a subset of `texts`) have no label: soft term and states only.
     """
     import keras
     import tensorflow as tf
@@ -74,6 +84,9 @@ def attach(student, texts, logits, temperature=2.0, weight=0.5, states=None,
         tf.constant(list(unique), tf.string), tf.constant(list(unique.values()), tf.int64)),
         default_value=-1)
     rows = tf.constant(np.concatenate([logits, np.zeros_like(logits[:1])]), tf.float32)
+    unlabelled = set(unlabelled)
+    # Indexed like `rows` (a text's first position in `texts`), plus the not-found row.
+    labelled_rows = tf.constant([t not in unlabelled for t in texts] + [True], tf.bool)
     use_states = states is not None and state_weight > 0
     if use_states:
         state_rows = tf.constant(np.concatenate([states, np.zeros_like(states[:1])]),
@@ -86,7 +99,8 @@ def attach(student, texts, logits, temperature=2.0, weight=0.5, states=None,
         if y is not None and isinstance(x, tf.Tensor) and x.dtype == tf.string:
             index = table.lookup(x)
             row = tf.where(index >= 0, index, len(logits))
-            y = {"label": y, "found": index >= 0, "teacher": tf.gather(rows, row)}
+            y = {"label": y, "found": index >= 0, "teacher": tf.gather(rows, row),
+                 "labelled": tf.gather(labelled_rows, row)}
             if use_states:
                 y["states"] = tf.gather(state_rows, row)
         return parent_preprocess(x, y, sample_weight)
@@ -95,7 +109,7 @@ def attach(student, texts, logits, temperature=2.0, weight=0.5, states=None,
         if not isinstance(y, dict):
             return type(student).compute_loss(student, x, y, y_pred, sample_weight, training)
         per_example = distillation_loss(y["label"], y_pred, y["teacher"], y["found"],
-                                        temperature, weight)
+                                        temperature, weight, y["labelled"])
         if use_states:
             per_example = per_example + state_weight * hidden.state_loss(
                 latest["states"], y["states"], y["found"])
@@ -104,8 +118,13 @@ def attach(student, texts, logits, temperature=2.0, weight=0.5, states=None,
         return keras.ops.mean(per_example)
 
     def compute_metrics(x, y, y_pred, sample_weight=None):
-        return parent_metrics(x, y["label"] if isinstance(y, dict) else y, y_pred,
-                              sample_weight)
+        if not isinstance(y, dict):
+            return parent_metrics(x, y, y_pred, sample_weight)
+        if unlabelled:  # accuracy over the labelled texts only
+            counted = keras.ops.cast(y["labelled"], "float32")
+            sample_weight = counted if sample_weight is None else (
+                counted * keras.ops.cast(sample_weight, "float32"))
+        return parent_metrics(x, y["label"], y_pred, sample_weight)
 
     # Instance attributes shadow the class's methods for this object only.
     student.preprocess_samples = preprocess_samples
@@ -113,5 +132,6 @@ def attach(student, texts, logits, temperature=2.0, weight=0.5, states=None,
     student.compute_metrics = compute_metrics
     student._tfmp_distillation = {"temperature": temperature, "weight": weight,
                                   "state_weight": state_weight if use_states else 0.0,
-                                  "teacher_examples": len(unique)}
+                                  "teacher_examples": len(unique),
+                                  "transfer_examples": len(unlabelled)}
     return student

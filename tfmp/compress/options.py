@@ -43,6 +43,13 @@ class CompressConfig:
     hidden_weight: float = _setting(
         0.0, "weight of matching the teacher's [CLS] hidden state at each kept layer (mean "
         "squared difference); 0: logits only")
+    transfer_examples: int = _setting(
+        0, "texts the teacher did not train on, added to the training split with the "
+        "teacher's soft targets and no label (a transfer set); 0: none")
+    transfer_data: str = _setting(
+        "left-out", "where the transfer texts come from: left-out (training-split texts the "
+        "teacher's --max-train-examples left out), a built-in dataset or a data file (its "
+        "labels are not used); never a text of the teacher's train, validation or test split")
     epochs: int | None = _setting(None, "fine-tuning epochs (default: the teacher's)")
     seed: int | None = _setting(
         None, "seed of the student's dropout and batch order (default: the teacher's); the "
@@ -92,6 +99,15 @@ class CompressConfig:
              f"--hidden-weight must be 0 or more, got {self.hidden_weight}."),
             (self.importance_examples >= 1,
              f"--importance-examples must be 1 or more, got {self.importance_examples}."),
+            (isinstance(self.transfer_examples, int) and self.transfer_examples >= 0,
+             f"--transfer-examples must be a whole number 0 or more, got "
+             f"{self.transfer_examples}."),
+            (not self.transfer_examples or self.distil_weight > 0 or self.hidden_weight > 0,
+             f"--transfer-examples {self.transfer_examples}: transfer texts have no label, "
+             "so with --distil-weight 0 and --hidden-weight 0 they teach nothing; give a "
+             "--distil-weight above 0."),
+            (bool(self.transfer_data), "--transfer-data is empty: give left-out, a built-in "
+             "dataset or a data file."),
             (self.epochs is None or self.epochs >= 1,
              f"--epochs must be at least 1, got {self.epochs}."),
             (self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}."),

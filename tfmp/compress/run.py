@@ -20,11 +20,12 @@ import dataclasses
 import json
 import os
 
-from tfmp import families, files, models, precision, rundir
+from tfmp import data, families, files, models, precision, rundir
 from tfmp.compress import distil
 from tfmp.compress import hidden
 from tfmp.compress import importance
 from tfmp.compress import sparsity
+from tfmp.compress import transfer
 from tfmp.compress import vocab
 from tfmp.compress.options import CompressConfig
 from tfmp.compress.prune import Plan, build_student, depth_layers
@@ -72,8 +73,9 @@ def reseed(run, seed):
 class _Source:
     """What `train` builds the student with (its `source` argument)."""
 
-    def __init__(self, cfg, teacher):
+    def __init__(self, cfg, teacher, transfer_texts=()):
         self.cfg, self.teacher = cfg, teacher
+        self.transfer = list(transfer_texts)  # `transfer.choose`: soft targets, no label
         self.record = None
         self.masks = []
         self._float32 = None
@@ -114,7 +116,8 @@ class _Source:
                 + (f", {len(ffn[0])} FFN neurons a layer" if ffn else "")
                 + (f", {len(heads[0])} heads a layer" if heads else "")
                 + (f", groups of {cfg.share_layers} tied" if cfg.share_layers > 1 else ""))
-        kept = (vocab.used_tokens(teacher.preprocessor, run.splits.train.texts)
+        kept = (vocab.used_tokens(teacher.preprocessor,
+                                  list(run.splits.train.texts) + self.transfer)
                 if cfg.prune_vocab else None)
         if kept:
             run.log(f"Vocabulary: {len(kept)} of "
@@ -123,6 +126,11 @@ class _Source:
 
     def build(self, run):
         plan, measured = self._plan(run)  # the teacher's seed: one plan whatever --seed
+        labelled = len(run.splits.train)
+        if self.transfer:  # before reseed: the student's batches mix both
+            run.splits.train = transfer.extend(run.splits.train, self.transfer)
+            run.log(f"Transfer set: {len(self.transfer)} texts ({self.cfg.transfer_data}), "
+                    f"teacher's soft targets only; {labelled} labelled training texts")
         if self.cfg.seed is not None:
             reseed(run, self.cfg.seed)
         student = build_student(self.float32, plan, run.policy)
@@ -131,6 +139,8 @@ class _Source:
         self.record = {
             "teacher": os.path.abspath(self.cfg.teacher), "options": self.cfg.options(),
             "plan": plan.to_json(), "importance": measured,
+            "transfer": {"examples": len(self.transfer), "source": self.cfg.transfer_data,
+                         "labelled_examples": labelled},
             "parameters": {"teacher": int(self.teacher.count_params()),
                            "student": int(student.count_params()),
                            # tied layers: stored once, applied at every depth of the group
@@ -146,7 +156,7 @@ class _Source:
                                             Plan.from_json(self.record["plan"]).keep_layers)
                       if cfg.hidden_weight > 0 else None)
             distil.attach(model, texts, logits, cfg.temperature, cfg.distil_weight, states,
-                          cfg.hidden_weight)
+                          cfg.hidden_weight, unlabelled=self.transfer)
         self._float32 = None  # the teacher is not needed while the student trains
         return [sparsity.HoldSparsity(self.masks)] if self.masks else []
 
@@ -160,7 +170,7 @@ def compress(cfg, verbose=1):
 
     Returns:
         `tfmp.train.RunResult` of the student's run; its config.json has a `compress`
-        section (teacher, options, plan, importance, parameters).
+        section (teacher, options, plan, importance, transfer set size, parameters).
     """
     cfg.validate()
     config = teacher_config(cfg)
@@ -174,4 +184,6 @@ def compress(cfg, verbose=1):
         raise UserError(f"'{cfg.teacher}' fine-tuned a {family.model_type} checkpoint: "
                         f"{family.compress_refusal}")
     cfg.check_against(len(depth_layers(teacher.backbone)), teacher.backbone.num_heads)
-    return train(config, verbose=verbose, source=_Source(cfg, teacher))
+    texts = (transfer.choose(config, data.prepare_data(config)[2], cfg.transfer_examples,
+                             cfg.transfer_data) if cfg.transfer_examples else [])
+    return train(config, verbose=verbose, source=_Source(cfg, teacher, texts))
