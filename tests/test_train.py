@@ -163,3 +163,31 @@ def test_configs_saved_before_length_pool_resume_with_the_pools_they_used():
     del old["length_pool"]  # as written by runs before the flag existed
     assert TrainConfig.from_json(old).length_pool == 50
     assert TrainConfig.from_json(TrainConfig().to_json()).length_pool == 8
+
+
+def test_a_run_traces_its_train_step_and_its_tokenizer_graph_once(
+        sentiment_csv, tiny_bert_dir, tmp_path, monkeypatch):
+    # Left to Keras, the optimizer is built inside the first traced step, which is then
+    # traced again (it created variables); and keras-hub maps preprocess_samples anew at
+    # every fit (one an epoch) and predict. Each trace of a MiniLM step costs seconds.
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    from tfmp import models
+    from tfmp.train import train
+
+    calls = {"train_step": 0, "preprocess_samples": 0}
+
+    def counted(name, method):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1  # a Python call inside a tf.function happens at trace time
+            return method(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(TensorFlowTrainer, "train_step",
+                        counted("train_step", TensorFlowTrainer.train_step))
+    monkeypatch.setattr(models.BertClassifier, "preprocess_samples",
+                        counted("preprocess_samples", models.BertClassifier.preprocess_samples))
+    train(TrainConfig(data=sentiment_csv, model=tiny_bert_dir, policy="float32", epochs=2,
+                      batch_size=16, seq_len=16, seed=1, out=str(tmp_path / "run")), verbose=0)
+    # 2 epochs (2 fits with validation) and the test predictions: one trace of each.
+    assert calls == {"train_step": 1, "preprocess_samples": 1}, calls

@@ -226,9 +226,9 @@ class BertClassifier(keras_hub.models.TextClassifier):
 
 
 @contextlib.contextmanager
-def preprocessing_traced_once(model, traced=None):
-    """Inside the block, `model.preprocess_samples` is one `tf.function` (`traced`, made
-    here when None), so each dataset keras-hub maps it over reuses one tokenizer graph.
+def preprocessing_traced_once(model):
+    """Inside the block, `model.preprocess_samples` is one `tf.function`, so each dataset
+    keras-hub maps it over (in `fit`, `evaluate`, `predict`) reuses one tokenizer graph.
 
     keras-hub's `fit` maps `preprocess_samples` over the training and validation data
     at every call, and tfmp fits once per epoch: a plain method is traced anew for each
@@ -239,7 +239,7 @@ def preprocessing_traced_once(model, traced=None):
 
     own = "preprocess_samples" in vars(model)  # e.g. distillation's, for this instance
     previous = model.preprocess_samples
-    model.preprocess_samples = traced or tf.function(previous)
+    model.preprocess_samples = tf.function(previous)
     try:
         yield model.preprocess_samples
     finally:
