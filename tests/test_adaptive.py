@@ -71,6 +71,36 @@ def test_the_float32_copy_alone_finds_what_both_passes_find(overflowing_dir):
     assert [p for p, _ in pins] == [block[:-1]] and pins[0][1] in ("float32", "mixed_bfloat16")
 
 
+def test_calibration_measures_the_model_itself_in_float32_as_a_copy_would(
+        overflowing_dir, monkeypatch):
+    # actual=False runs the model itself with every layer computing in float32 (no second
+    # model to build): the numbers of a float32 copy, bitwise, and afterwards every layer
+    # has its own policy object back (a pinned block's too).
+    model = models.load_classifier(overflowing_dir, num_classes=3, sequence_length=16,
+                                   policy="mixed_float16")
+    precision.pin_float32(model, ["bert_backbone/transformer_layer_0"], dtype="mixed_bfloat16")
+    policies = {id(l): l._dtype_policy for l in model._flatten_layers(include_self=True)}
+    built = []
+    real_copy = diagnose._float32_copy
+    monkeypatch.setattr(diagnose, "_float32_copy", lambda m: built.append(1) or real_copy(m))
+    view = diagnose.diagnose(model, BATCH, loss_scale=2.0**15, actual=False)
+    assert built == []  # no copy was built
+    assert all(l._dtype_policy is policies[id(l)]
+               for l in model._flatten_layers(include_self=True) if id(l) in policies)
+    dtypes = {p: l.compute_dtype for p, l in precision.layer_paths(model)}
+    assert dtypes["bert_backbone/transformer_layer_0/feedforward_output_dense"] == "bfloat16"
+    assert dtypes["bert_backbone/transformer_layer_1/feedforward_output_dense"] == "float16"
+    monkeypatch.setattr(diagnose, "_viewable", lambda m: False)  # the copy, as before
+    copy = diagnose.diagnose(model, BATCH, loss_scale=2.0**15, actual=False)
+    assert built == [1]
+    assert [e["path"] for e in view["layers"]] == [e["path"] for e in copy["layers"]]
+    for a, b in zip(view["layers"], copy["layers"]):
+        assert a["compute_dtype"] == b["compute_dtype"]  # the model's, not the view's
+        for key in ("max_abs_activation", "max_abs_gradient", "activation_underflow_share"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=0), (a["path"], key)
+    assert adaptive.pins_from(view) == adaptive.pins_from(copy)
+
+
 def test_an_ordinary_model_gets_no_pins_and_says_why(tiny_bert_dir):
     model = models.load_classifier(tiny_bert_dir, num_classes=3, sequence_length=16,
                                    policy="mixed_float16")

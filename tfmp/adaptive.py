@@ -1,6 +1,6 @@
 """Per-layer precision from a calibration pass: `tfmp train --precision-map adaptive`.
 
-    policy = calibrate(model, train_ds, policy, batches=4)   # Policy with a layer_map
+    policy = calibrate(model, train_ds, policy, batches=2)   # Policy with a layer_map
     precision.apply_pins(model, policy)                      # done by calibrate too
     print(describe(policy))
 
@@ -54,7 +54,7 @@ def pins_from(diagnosis, known=(), hardware=None):
             for scope, (name, reason, more) in rows.items()]
 
 
-def calibrate(model, data, policy, batches=4, loss_scale=None, log=print):
+def calibrate(model, data, policy, batches=2, loss_scale=None, log=print):
     """Measures `batches` batches of `data` and pins `model`'s layers that need it.
 
     Returns (the `Policy` with its `layer_map`, the diagnosis or None, seconds).

@@ -15,6 +15,8 @@ precision's rule (`precision.needs_float32_pin`); `precision.pin_float32` (or
 only measures; the `tfmp diagnose` command is in `tfmp.cli`.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 
@@ -150,6 +152,30 @@ def _float32_copy(model):
     return clone
 
 
+@contextlib.contextmanager
+def _computing_in_float32(model):
+    """`model` itself computes in float32 inside the block: the float32 copy without a
+    second model. Exact for the same reason pins are (variables are float32 under every
+    mixed policy); every layer's own policy object is put back after. Calibration's
+    path (`actual=False`): building a copy was a third of a 2-batch calibration."""
+    layers = list(model._flatten_layers(include_self=True, recursive=True))
+    saved = [layer._dtype_policy for layer in layers]  # a DTypePolicyMap stays untouched
+    try:
+        for layer in layers:
+            layer._dtype_policy = keras.DTypePolicy("float32")
+        yield model
+    finally:
+        for layer, policy in zip(layers, saved):
+            layer._dtype_policy = policy
+
+
+def _viewable(model):
+    """Whether `_computing_in_float32` can stand for a copy: no quantized (int8) layer,
+    whose kernels only its own policy can read."""
+    return all(getattr(layer.dtype_policy, "quantization_mode", None) is None
+               for layer in model._flatten_layers(include_self=True, recursive=True))
+
+
 def _merge(x, y, n):
     """One layer's statistics over n batches, given those over n - 1 (`x`) and the nth
     (`y`): the larger peak, the mean underflow share, non-finite in either."""
@@ -213,8 +239,10 @@ def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN, 
         reference: bool. Measure magnitudes on a float32 copy (what float16 would have
             to hold); False: on the model as it is (inf where it overflows), cheaper.
         actual: bool. Also run the model as it is, for where its values become
-            non-finite; False (with `reference`): only the float32 copy runs, and a
-            value past 65504 there counts as non-finite (calibration's choice).
+            non-finite; False (with `reference`): only the float32 copy runs (the
+            model itself, computing in float32 for the pass, unless it has int8
+            layers), and a value past 65504 there counts as non-finite (calibration's
+            choice).
 
     Returns:
         A dict: "policy", "loss_scale", "loss", "layers" (per leaf layer, in
@@ -227,9 +255,12 @@ def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN, 
     loss_fn = loss_fn or _loss_fn(model)
     scale = float(loss_scale) if loss_scale is not None else _loss_scale(model, policy_name)
     paths = {id(l): p for p, l in _leaf_layers(model)}
-    copy = _float32_copy(model) if reference and model.compute_dtype != "float32" else None
+    copy = None
+    if reference and model.compute_dtype != "float32":
+        copy = model if not actual and _viewable(model) else _float32_copy(model)
     measured = _batches(model, data, batches)
-    leaves, stats, called, loss = _measure(model, copy, measured, loss_fn, scale, actual)
+    with _computing_in_float32(model) if copy is model else contextlib.nullcontext():
+        leaves, stats, called, loss = _measure(model, copy, measured, loss_fn, scale, actual)
     layers, first_nonfinite, suggested = [], None, []
     for layer, (act, grad, real_act, real_grad), seen in zip(leaves, stats, called):
         if not seen:
