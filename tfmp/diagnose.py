@@ -176,6 +176,14 @@ def _viewable(model):
                for layer in model._flatten_layers(include_self=True, recursive=True))
 
 
+def _reference_model(model, reference, actual):
+    """What measures magnitudes: None (the model as it is), `model` itself (computing in
+    float32 for the pass, when only the reference runs) or a float32 copy."""
+    if not reference or model.compute_dtype == "float32":
+        return None
+    return model if not actual and _viewable(model) else _float32_copy(model)
+
+
 def _merge(x, y, n):
     """One layer's statistics over n batches, given those over n - 1 (`x`) and the nth
     (`y`): the larger peak, the mean underflow share, non-finite in either."""
@@ -239,10 +247,8 @@ def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN, 
         reference: bool. Measure magnitudes on a float32 copy (what float16 would have
             to hold); False: on the model as it is (inf where it overflows), cheaper.
         actual: bool. Also run the model as it is, for where its values become
-            non-finite; False (with `reference`): only the float32 copy runs (the
-            model itself, computing in float32 for the pass, unless it has int8
-            layers), and a value past 65504 there counts as non-finite (calibration's
-            choice).
+            non-finite; False: only the float32 reference runs (`_reference_model`),
+            and a value past 65504 there counts as non-finite (calibration's choice).
 
     Returns:
         A dict: "policy", "loss_scale", "loss", "layers" (per leaf layer, in
@@ -255,9 +261,7 @@ def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN, 
     loss_fn = loss_fn or _loss_fn(model)
     scale = float(loss_scale) if loss_scale is not None else _loss_scale(model, policy_name)
     paths = {id(l): p for p, l in _leaf_layers(model)}
-    copy = None
-    if reference and model.compute_dtype != "float32":
-        copy = model if not actual and _viewable(model) else _float32_copy(model)
+    copy = _reference_model(model, reference, actual)
     measured = _batches(model, data, batches)
     with _computing_in_float32(model) if copy is model else contextlib.nullcontext():
         leaves, stats, called, loss = _measure(model, copy, measured, loss_fn, scale, actual)
