@@ -158,7 +158,8 @@ def _computing_in_float32(model):
     second model. Exact for the same reason pins are (variables are float32 under every
     mixed policy); every layer's own policy object is put back after. Calibration's
     path (`actual=False`): building a copy was a third of a 2-batch calibration."""
-    layers = list(model._flatten_layers(include_self=True, recursive=True))
+    layers = [layer for layer in model._flatten_layers(include_self=True, recursive=True)
+              if layer.compute_dtype in ("float16", "bfloat16", "float32")]  # not tokenizers
     saved = [layer._dtype_policy for layer in layers]  # a DTypePolicyMap stays untouched
     try:
         for layer in layers:
