@@ -90,7 +90,7 @@ def test_calibration_measures_the_model_itself_in_float32_as_a_copy_would(
     dtypes = {p: l.compute_dtype for p, l in precision.layer_paths(model)}
     assert dtypes["bert_backbone/transformer_layer_0/feedforward_output_dense"] == "bfloat16"
     assert dtypes["bert_backbone/transformer_layer_1/feedforward_output_dense"] == "float16"
-    monkeypatch.setattr(diagnose, "_viewable", lambda m: False)  # the copy, as before
+    monkeypatch.setattr(precision, "quantized", lambda m: True)  # the copy, as for int8
     copy = diagnose.diagnose(model, BATCH, loss_scale=2.0**15, actual=False)
     assert built == [1]
     assert [e["path"] for e in view["layers"]] == [e["path"] for e in copy["layers"]]

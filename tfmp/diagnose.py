@@ -152,37 +152,14 @@ def _float32_copy(model):
     return clone
 
 
-@contextlib.contextmanager
-def _computing_in_float32(model):
-    """`model` itself computes in float32 inside the block: the float32 copy without a
-    second model. Exact for the same reason pins are (variables are float32 under every
-    mixed policy); every layer's own policy object is put back after. Calibration's
-    path (`actual=False`): building a copy was a third of a 2-batch calibration."""
-    layers = [layer for layer in model._flatten_layers(include_self=True, recursive=True)
-              if layer.compute_dtype in ("float16", "bfloat16", "float32")]  # not tokenizers
-    saved = [layer._dtype_policy for layer in layers]  # a DTypePolicyMap stays untouched
-    try:
-        for layer in layers:
-            layer._dtype_policy = keras.DTypePolicy("float32")
-        yield model
-    finally:
-        for layer, policy in zip(layers, saved):
-            layer._dtype_policy = policy
-
-
-def _viewable(model):
-    """Whether `_computing_in_float32` can stand for a copy: no quantized (int8) layer,
-    whose kernels only its own policy can read."""
-    return all(getattr(layer.dtype_policy, "quantization_mode", None) is None
-               for layer in model._flatten_layers(include_self=True, recursive=True))
-
-
 def _reference_model(model, reference, actual):
     """What measures magnitudes: None (the model as it is), `model` itself (computing in
     float32 for the pass, when only the reference runs) or a float32 copy."""
     if not reference or model.compute_dtype == "float32":
         return None
-    return model if not actual and _viewable(model) else _float32_copy(model)
+    # The model itself in float32 (`precision.computing_in_float32`) is the copy's
+    # arithmetic without building one; int8 layers need the copy's merged kernels.
+    return model if not actual and not precision.quantized(model) else _float32_copy(model)
 
 
 def _merge(x, y, n):
@@ -264,7 +241,7 @@ def diagnose(model, data, loss_fn=None, loss_scale=None, margin=DEFAULT_MARGIN, 
     paths = {id(l): p for p, l in _leaf_layers(model)}
     copy = _reference_model(model, reference, actual)
     measured = _batches(model, data, batches)
-    with _computing_in_float32(model) if copy is model else contextlib.nullcontext():
+    with precision.computing_in_float32(model) if copy is model else contextlib.nullcontext():
         leaves, stats, called, loss = _measure(model, copy, measured, loss_fn, scale, actual)
     layers, first_nonfinite, suggested = [], None, []
     for layer, (act, grad, real_act, real_grad), seen in zip(leaves, stats, called):

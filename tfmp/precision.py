@@ -21,7 +21,8 @@ import dataclasses
 # Keras is imported where it is used: `tfmp predict` reads these decisions without it.
 from tfmp.errors import PolicyError
 from tfmp.hardware import detect_hardware
-from tfmp.layerpaths import layer_paths, pin_float32  # noqa: F401 (the pinning mechanics)
+from tfmp.layerpaths import (  # noqa: F401 (the pinning mechanics)
+    computing_in_float32, layer_paths, pin_float32, quantized)
 
 # Policies tfmp trains with. Each keeps float32 variables ("master weights"); only the
 # compute dtype changes.
@@ -367,14 +368,6 @@ def adaptive_choice(entry, scale, bfloat16=False, margin=DEFAULT_MARGIN, culprit
         return "float32", (f"{entry['path']}: {under:.1%} of its activations are below "
                            "2**-24 and flush to zero in float16")
     return None
-
-
-# --- Lost updates ---
-
-# A variable has stopped learning when this share of its updates are lost (tfmp.lost_updates)
-# at a rate of at least STALL_MIN_LR_SHARE of its peak (a decay's end loses all, by design).
-STALL_SHARE = 0.9
-STALL_MIN_LR_SHARE = 0.1
 
 
 def answer_margin(probabilities):
