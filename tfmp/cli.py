@@ -26,7 +26,7 @@ import sys
 # Only modules that do not import TensorFlow are imported here: each command imports
 # what it needs when it runs, after `quiet.start` (TensorFlow's C++ start-up lines),
 # and `tfmp predict` on a TFLite variant never imports it.
-from tfmp import bench, distribute, hardware, precision, quiet
+from tfmp import bench, distribute, precision, quiet
 from tfmp.config import TrainConfig
 from tfmp.errors import Interrupted, TrainingStopped, UserError
 
@@ -335,8 +335,9 @@ def main(argv=None):
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # exits with 2 on bad usage
     quiet.start(verbose=args.verbose)  # before any command imports TensorFlow
-    if args.command in ("train", "compress"):
-        hardware.use_one_inter_op_thread()  # likewise before TensorFlow starts
+    # TensorFlow's own thread pools are kept (inter-op = intra-op = cores): on this
+    # 2-core EPYC one inter-op thread, tfmp's default until 2026-11-30, made the MiniLM
+    # step 1.13x slower under mixed_bfloat16 and 1.06x under float32 (README, issue 14).
     if args.command == "bench":
         args.bench_argv = extra
     elif extra:

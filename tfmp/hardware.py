@@ -51,32 +51,6 @@ def detect_hardware(probe=None):
     )
 
 
-def accelerator_visible():
-    """True if a GPU or TPU device file (or a TPU name) is visible: checked without TensorFlow."""
-    import glob
-
-    return bool(glob.glob("/dev/nvidia[0-9]*") or glob.glob("/dev/accel[0-9]*")
-                or os.environ.get("TPU_NAME"))
-
-
-def use_one_inter_op_thread():
-    """On a CPU-only host, run TensorFlow's independent ops one at a time (call before
-    TensorFlow starts; a user's own TF_NUM_INTEROP_THREADS wins). Returns whether it did.
-
-    The default pool runs as many ops at once as there are cores, and those ops'
-    own threads share the same cores. On this 2-core EPYC, 32-step mixed_bfloat16 runs
-    of `tfmp train` (1,000 airline tweets, alternating) took 30.8 / 31.4 s with the
-    default and 26.5 / 24.8 s with one inter-op thread: the steps are as fast (7.5 vs
-    7.9 s) and the time between them (callbacks, input pipeline, epoch end) fell from
-    8.0-8.3 s to 1.5-3.4 s. A GPU or TPU host keeps TensorFlow's default, which overlaps
-    its host-side work with the device's.
-    """
-    if "TF_NUM_INTEROP_THREADS" in os.environ or accelerator_visible():
-        return False
-    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
-    return True
-
-
 def list_gpus():
     """[(name, (major, minor) compute capability)] of the GPUs this process sees."""
     import tensorflow as tf
