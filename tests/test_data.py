@@ -383,3 +383,29 @@ def test_by_length_sorts_a_split_shortest_first_keeping_labels_and_indices(prepr
     assert ordered.texts == ["the", "great flight", "bag " * 4, "crew " * 9]
     assert ordered.label_ids.tolist() == [1, 2, 1, 0] and ordered.indices.tolist() == [11, 12, 13, 10]
     assert data.by_length(split, None) is split
+
+
+def test_test_scores_are_computed_in_length_order_with_each_label_beside_its_prediction(preprocessor):
+    from tfmp import scoring
+
+    class ByText:
+        """Predicts class (words in the text) % 3 for each text, in the order it is fed."""
+
+        def __init__(self):
+            self.preprocessor, self.fed = preprocessor, []
+
+        def predict(self, ds, verbose=0):
+            texts = [t.decode() for batch, _ in ds.as_numpy_iterator() for t in batch]
+            self.fed = texts
+            return np.eye(3)[[len(t.split()) % 3 for t in texts]]
+
+    texts = ["crew " * 9, "the", "great flight", "bag " * 4, "the flight was late", "united"]
+    labels = np.array([0, 1, 2, 1, 1, 0])  # predicted: 0, 1, 2, 1, 1, 1 -> 5 of 6 right
+    label_map = data.LabelMap(["negative", "neutral", "positive"])
+    model = ByText()
+    scores = scoring.evaluate(model, Split(texts, labels), label_map, batch_size=4)
+    # Fed shortest first; every score as if in the split's order.
+    assert model.fed == data.by_length(Split(texts, labels), preprocessor).texts
+    assert model.fed != texts
+    assert scores["accuracy"] == pytest.approx(5 / 6) and scores["examples"] == 6
+    assert scores["classification_report_dict"]["negative"]["support"] == 2
