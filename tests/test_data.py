@@ -325,6 +325,15 @@ def test_batches_are_trimmed_to_longest_real_sequence(preprocessor):
     assert x1["padding_mask"].sum(axis=1).tolist() == [6, 3, 9] and x1["token_ids"][1, 0] == 2  # [CLS] id
 
 
+def test_datasets_run_without_tf_data_autotuning(preprocessor):
+    # Its tuning thread made a spent iterator's teardown wait 6-36 s at the end of some fits.
+    split = Split(["great", "late"], np.array([1, 0]))
+    for pre in (preprocessor, None):
+        ds = make_dataset(split, pre, batch_size=2)
+        assert ds.options().autotune.enabled is False
+        assert len(list(ds.as_numpy_iterator())) == 1
+
+
 def test_untrimmed_batches_keep_sequence_length(preprocessor):
     split = Split(["great", "late"], np.array([1, 0]))
     (x, y), = make_dataset(split, preprocessor, batch_size=2, trim=False).as_numpy_iterator()
