@@ -34,11 +34,13 @@ from tfmp.compress import hidden
 
 def teacher_logits(teacher, texts, batch_size=64):
     """float32 logits [len(texts), classes] of `teacher` (built under float32) on `texts`."""
-    import tensorflow as tf
+    from tfmp import data
 
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(texts), tf.string)).batch(
-        batch_size)
-    return np.asarray(teacher.predict(ds, verbose=0), np.float32)
+    # (texts, labels) batches as tfmp's other datasets (no autotuning, `data.make_dataset`);
+    # `predict` ignores the placeholder labels.
+    split = data.Split(list(texts), np.zeros(len(texts), np.int32))
+    return np.asarray(teacher.predict(data.make_dataset(split, None, batch_size), verbose=0),
+                      np.float32)
 
 
 def distillation_loss(labels, student, teacher, found, temperature, weight, labelled=None):
