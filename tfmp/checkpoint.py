@@ -30,6 +30,7 @@ import warnings
 
 import keras
 import numpy as np
+from keras.src.saving import saving_lib
 
 from tfmp import files
 from tfmp.version import VERSION
@@ -111,7 +112,9 @@ def save(root, model, state):
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        model.save_weights(os.path.join(tmp, WEIGHTS))
+        # The model's weights only: Keras' `save_weights` would add the optimizer's
+        # variables (182 MB of MiniLM's 455 MB checkpoint), which `ARRAYS` holds anyway.
+        saving_lib.save_weights_only(model, os.path.join(tmp, WEIGHTS), objects_to_skip=[opt])
         opt_vars, extra = opt.variables, _extra_model_variables(model)
         arrays = {f"opt_{i:05d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(opt_vars)}
         arrays.update({f"seed_{i:05d}": keras.ops.convert_to_numpy(v)
@@ -230,7 +233,9 @@ def restore(model, path, state):
     if not opt.built:
         opt.build(model.trainable_variables)
     try:
-        model.load_weights(os.path.join(path, WEIGHTS))
+        # The optimizer comes from `ARRAYS` (a checkpoint from before 2026-11-30 also
+        # has it in the weights file, which is then not read).
+        saving_lib.load_weights_only(model, os.path.join(path, WEIGHTS), objects_to_skip=[opt])
     except Exception as e:  # a checksum-valid file that does not fit this model
         raise InputError(f"{os.path.join(path, WEIGHTS)}: does not fit the model ({e}).") from e
     _check_versions(path, state.get("versions"))
