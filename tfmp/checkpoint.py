@@ -13,7 +13,7 @@ records the size and SHA-256 of the other two files, so a truncated or corrupt
 checkpoint is detected on load and the one before it used, with a warning naming
 the bad file.
 
-`state.npz` holds what `save_weights` does not: every optimizer variable (slots,
+`model.weights.h5` holds the model's weights only; `state.npz` holds every optimizer variable (slots,
 iterations, loss scale and its growth counter, skipped steps) and the model's
 `SeedGenerator` states (dropout), so a resumed run draws the same dropout masks.
 It is read with `allow_pickle=False`; file names inside `state.json` are checked
