@@ -13,9 +13,9 @@ records the size and SHA-256 of the other two files, so a truncated or corrupt
 checkpoint is detected on load and the one before it used, with a warning naming
 the bad file.
 
-`model.weights.h5` holds the model's weights only; `state.npz` holds every optimizer variable (slots,
-iterations, loss scale and its growth counter, skipped steps) and the model's
-`SeedGenerator` states (dropout), so a resumed run draws the same dropout masks.
+`model.weights.h5` holds the model's weights only; `state.npz` holds every optimizer
+variable (slots, iterations, loss scale and its growth counter, skipped steps) and the
+model's `SeedGenerator` states (dropout), so a resumed run draws the same dropout masks.
 It is read with `allow_pickle=False`; file names inside `state.json` are checked
 to be plain names inside the checkpoint directory.
 """
@@ -30,6 +30,8 @@ import warnings
 
 import keras
 import numpy as np
+# Keras' own weights writer/reader; its `objects_to_skip` (not on the public
+# `save_weights`) leaves the optimizer out. Keras is pinned (setup.cfg).
 from keras.src.saving import saving_lib
 
 from tfmp import files
