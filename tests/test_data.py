@@ -1,6 +1,7 @@
 """Tests for tfmp.data: loading, label maps, splits and tf.data batching."""
 
 import collections
+import dataclasses
 import json
 import os
 
@@ -363,6 +364,45 @@ def test_token_lengths_count_cls_and_sep_and_find_the_texts_that_get_truncated(p
     assert lengths.tolist() == [16, 17, 4, 42]
     assert int((lengths > preprocessor.sequence_length).sum()) == 2
     assert data.token_lengths([], preprocessor).shape == (0,)
+
+
+def test_tokenize_gives_the_preprocessors_features_cut_to_the_longest_text(preprocessor):
+    import tensorflow as tf
+
+    texts = ["great " * 14, "the flight", "great crew", "crew " * 40]
+    features, lengths = data.tokenize(texts, preprocessor)
+    assert lengths.tolist() == data.token_lengths(texts, preprocessor).tolist() == [16, 4, 4, 42]
+    full = {k: v.numpy() for k, v in preprocessor(tf.constant(texts)).items()}
+    assert set(features) == set(full)
+    for k in full:  # the longest text fills --seq-len (16): nothing to cut here
+        np.testing.assert_array_equal(features[k], full[k])
+    short, _ = data.tokenize(texts[1:3], preprocessor)  # 4 tokens each: cut to 4 columns
+    assert {k: v.shape for k, v in short.items()} == {k: (2, 4) for k in full}
+    np.testing.assert_array_equal(short["token_ids"], full["token_ids"][1:3, :4])
+    # Past the memory budget: lengths only, and the texts stay the datasets' input.
+    none, again = data.tokenize(texts, preprocessor, max_bytes=4 * 16 * 9 - 1)
+    assert none is None and again.tolist() == lengths.tolist()
+
+
+def test_a_split_with_features_batches_them_in_its_order_as_the_texts_would_be(preprocessor):
+    texts = ["crew " * 9, "the", "great flight", "bag " * 4, "late"]
+    split = Split(texts, np.array([0, 1, 2, 1, 0]), np.array([10, 11, 12, 13, 14]))
+    featured = dataclasses.replace(split, features=data.tokenize(texts, preprocessor)[0])
+    order = np.array([3, 0, 4, 1, 2])
+    taken = featured.take(order)
+    assert taken.texts == [texts[i] for i in order] and taken.indices.tolist() == [13, 10, 14, 11, 12]
+    np.testing.assert_array_equal(taken.features["token_ids"], featured.features["token_ids"][order])
+    # Batched and trimmed here, features and texts give the same batches.
+    for (xf, yf), (xt, yt) in zip(make_dataset(taken, preprocessor, 2).as_numpy_iterator(),
+                                  make_dataset(split.take(order), preprocessor, 2).as_numpy_iterator()):
+        assert yf.tolist() == yt.tolist() and set(xf) == set(xt)
+        for k in xt:
+            np.testing.assert_array_equal(xf[k], xt[k])
+    # Without a preprocessor (what fit gets): untrimmed feature dicts, not strings.
+    (x, y), = make_dataset(taken, None, 5).as_numpy_iterator()
+    assert isinstance(x, dict) and x["token_ids"].shape == featured.features["token_ids"].shape
+    # by_length needs no tokenizer with features: the padding mask gives the widths.
+    assert data.by_length(featured, None).texts == data.by_length(split, preprocessor).texts
 
 
 def test_length_grouped_order_is_a_permutation_of_similar_length_batches():

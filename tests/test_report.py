@@ -53,7 +53,10 @@ def test_run_logs_the_monitor_scalars_beside_keras_curves(run):
     epoch_ends = {STEPS_PER_EPOCH * e for e in range(1, RUN_SETTINGS["epochs"] + 1)}
     expected = sorted(epoch_ends | set(range(UPDATE_FREQ, STEPS + 1, UPDATE_FREQ)))
     assert expected == [18, 36, 50, 54, 72]
-    assert [st for st, _ in s[callbacks.GRAD_NORM]] == expected
+    # Sorted: each epoch's fit opens new event files, and within one second their names
+    # order by a counter as text (...2506.100.v2 before ...2506.97.v2), so the reader can
+    # meet step 36 after step 54 (seen once in a full suite run, 2026-11-30).
+    assert sorted(st for st, _ in s[callbacks.GRAD_NORM]) == expected
 
 
 def test_report_without_a_loss_scale_says_so():

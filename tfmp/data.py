@@ -21,6 +21,7 @@ import numpy as np
 
 from tfmp import files
 from tfmp.errors import InputError
+from tfmp.grouping import length_grouped_order  # noqa: F401  (re-exported)
 from tfmp.readers import (  # noqa: F401  (re-exported)
     AIRLINE_HANDLES,
     BUILTIN_DATASETS,
@@ -155,6 +156,9 @@ class Split:
     texts: list[str]
     label_ids: np.ndarray  # int32, one per text
     indices: np.ndarray | None = None  # positions in the texts given to `split_examples`
+    # The texts' token features ({"token_ids": int [n, width], ...}), when a run has
+    # tokenized them once (`tokenize`): its datasets then carry these, not the texts.
+    features: dict | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.label_ids = np.asarray(self.label_ids, dtype=np.int32).reshape(-1)
@@ -163,6 +167,14 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def take(self, order) -> Split:
+        """The examples at positions `order`, in that order (features and indices too)."""
+        order = np.asarray(order, dtype=np.int64)
+        return Split([self.texts[i] for i in order], self.label_ids[order],
+                     None if self.indices is None else np.asarray(self.indices)[order],
+                     None if self.features is None else
+                     {k: v[order] for k, v in self.features.items()})
 
 
 @dataclasses.dataclass
@@ -250,16 +262,14 @@ def make_dataset(split: Split, preprocessor, batch_size: int, *, shuffle: bool =
                  trim: bool = True, drop_remainder: bool = False):
     """A `tf.data.Dataset` of batches `(texts, label_ids)`, or of preprocessed `(x, y)`.
 
-    With `preprocessor=None` the batches hold raw strings: that is what a keras-hub
-    classifier's `fit`/`evaluate`/`predict` expect, since they map their own
-    preprocessor over the batches (`tfmp.BertClassifier` also trims the padding).
+    With `preprocessor=None` the batches hold raw strings, or the split's `features`:
+    a keras-hub classifier's `fit`/`evaluate`/`predict` map their own preprocessor
+    over them (`tfmp.BertClassifier` takes features as they are and trims the padding).
     With a preprocessor, batches are tokenized here, and with `trim` each is cut to
-    its longest sequence (`trim_padding`). Batch widths then vary, so a jit-compiled
-    model compiles once per width seen.
+    its longest sequence (`trim_padding`).
 
     tf.data's autotuning is off: with it, a spent iterator's teardown at the end of a
-    `fit` waited 6-36 s in about half of the demo's runs (README, issue 14); a batch
-    tokenizes in milliseconds against a ~200 ms step, so there is nothing to tune.
+    `fit` waited 6-36 s in half of the demo's runs (README, issue 14).
     """
     import keras  # here: reading and checking data does not pay for starting TensorFlow
     import tensorflow as tf
@@ -273,12 +283,17 @@ def make_dataset(split: Split, preprocessor, batch_size: int, *, shuffle: bool =
             f"The split has {len(split)} examples, fewer than one batch of {batch_size}, and the last "
             f"partial batch is dropped; lower --batch-size or add examples."
         )
-    ds = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(split.texts, dtype=tf.string), tf.constant(split.label_ids, dtype=tf.int32)))
+    labels = tf.constant(split.label_ids, dtype=tf.int32)
+    if split.features is not None:  # tokenized once: no tokenizer graph in this pipeline
+        ds = tf.data.Dataset.from_tensor_slices((split.features, labels))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((tf.constant(split.texts, tf.string), labels))
     if shuffle:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    if preprocessor is not None:
+    if preprocessor is not None and split.features is not None:
+        ds = ds.map(lambda x, y: (trim_padding(x) if trim else x, y))
+    elif preprocessor is not None:
         def preprocess(texts, labels):
             x, y, weight = keras.utils.unpack_x_y_sample_weight(preprocessor(texts, labels))
             return keras.utils.pack_x_y_sample_weight(trim_padding(x) if trim else x, y, weight)
@@ -291,65 +306,50 @@ def make_dataset(split: Split, preprocessor, batch_size: int, *, shuffle: bool =
 
 def token_lengths(texts: Sequence[str], preprocessor) -> np.ndarray:
     """Packed length of each text ([CLS] + WordPieces + [SEP]), before truncation."""
+    return tokenize(texts, preprocessor, max_bytes=0)[1]
+
+
+def tokenize(texts: Sequence[str], preprocessor, max_bytes: int = 2**28):
+    """(features, lengths) of `texts` from one tokenizer pass: `token_lengths`, and the
+    preprocessor's output ({"token_ids": int32 [n, width], ...}) cut to the longest text,
+    or None past `max_bytes` at --seq-len (256 MB: 3.7M texts of 64 tokens, 580k of 512).
+    A dataset of features (`Split.features`) has no tokenizer graph: tf.data optimizes a
+    dataset's functions anew for each iterator, two an epoch (training, validation):
+    0.16 s each for BERT's WordPiece graph on this CPU, 1.1 s for RoBERTa's BPE."""
     import tensorflow as tf
 
     if len(texts) == 0:
-        return np.zeros((0,), np.int64)
+        return None, np.zeros((0,), np.int64)
     tokenizer = preprocessor.tokenizer
+    keep = len(texts) * preprocessor.sequence_length * 9 <= max_bytes  # int32, bool, int32
 
-    def lengths(batch):
-        tokens = tokenizer(batch)  # ragged (batch, None) as the tokenizer sets no sequence_length
-        return tokens.row_lengths() + 2
+    def lengths_of(batch):
+        # ragged (batch, None): the tokenizer itself sets no sequence_length
+        lengths = tokenizer(batch).row_lengths() + 2
+        return (preprocessor(batch), lengths) if keep else lengths
 
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(texts), dtype=tf.string)).batch(1024)
-    ds = ds.map(lengths, num_parallel_calls=tf.data.AUTOTUNE)
-    return np.concatenate(list(ds.as_numpy_iterator())).astype(np.int64)
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(texts), dtype=tf.string))
+    batches = list(ds.batch(1024).map(lengths_of, num_parallel_calls=tf.data.AUTOTUNE)
+                   .as_numpy_iterator())
+    if not keep:
+        return None, np.concatenate(batches).astype(np.int64)
+    features = {k: np.concatenate([b[0][k] for b in batches]) for k in batches[0][0]}
+    width = int(features["padding_mask"].sum(axis=1).max())
+    return ({k: v[:, :width] if k in TOKEN_KEYS else v for k, v in features.items()},
+            np.concatenate([b[1] for b in batches]).astype(np.int64))
 
 
 def by_length(split, preprocessor, lengths=None):
     """`split` reordered shortest text first, for validation during training and for
     test scores (`tfmp.scoring`): each batch is trimmed to its longest text, so
     neighbours of similar length pad less, and the scores do not depend on the order.
-    Measured on the demo job (3,000 airline tweets, mixed_bfloat16, 2 epochs):
-    validation 15.0 s -> 8.6 s; the test split's `predict`, 11.0 s -> 5.8 s on a first
-    call (2026-11-30; the tokenizer graph traced once, `models.preprocessing_traced_once`)."""
-    if preprocessor is None or len(split) < 2:
+    The demo's validation: 15.0 s -> 8.6 s; its test `predict`: 11.0 s -> 5.8 s."""
+    if len(split) < 2 or (preprocessor is None and split.features is None):
         return split
+    if lengths is None and split.features is not None:  # the width each text pads to
+        lengths = split.features["padding_mask"].sum(axis=1)
     lengths = token_lengths(split.texts, preprocessor) if lengths is None else lengths
-    order = np.argsort(lengths, kind="stable")
-    indices = None if split.indices is None else np.asarray(split.indices)[order]
-    return Split([split.texts[i] for i in order], split.label_ids[order], indices)
-
-
-def length_grouped_order(lengths, batch_size: int, rng: np.random.Generator,
-                         pool_batches: int = 8) -> np.ndarray:
-    """A shuffled order of examples in which each batch holds texts of similar length.
-
-    The examples are shuffled, cut into pools of `pool_batches` batches, sorted by
-    length inside each pool and cut into batches; the batches are then shuffled. As
-    the model trims every batch to its longest text, similar lengths mean less
-    padding. tfmp's default (`TrainConfig.length_grouping`, pools of 8 batches): on
-    the airline tweets a mean width of 32.6 tokens instead of 48.1 for random batches,
-    with the same test accuracy over 3 seeds (benchmarks/grouping.py). Only the last
-    batch may be partial, and it stays last, so batching the order consecutively
-    gives exactly these batches.
-    """
-
-    lengths = np.asarray(lengths)
-    order = rng.permutation(len(lengths))
-    pool = batch_size * pool_batches
-    batches = []
-    for start in range(0, len(order), pool):
-        chunk = order[start:start + pool]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    full = [b for b in batches if len(b) == batch_size]
-    partial = [b for b in batches if len(b) < batch_size]
-    full = [full[i] for i in rng.permutation(len(full))]
-    # Pools after the first can leave a short batch too: merge the short ones at the end.
-    tail = np.concatenate(partial) if partial else np.zeros((0,), order.dtype)
-    tail_batches = [tail[i:i + batch_size] for i in range(0, len(tail), batch_size)]
-    return np.concatenate(full + tail_batches) if full or tail_batches else order
+    return split.take(np.argsort(lengths, kind="stable"))
 
 
 def epoch_dataset(split, batch_size, seed, epoch, skip=0, lengths=None, pool_batches=8):
@@ -365,8 +365,7 @@ def epoch_dataset(split, batch_size, seed, epoch, skip=0, lengths=None, pool_bat
         order = length_grouped_order(lengths, batch_size, rng, pool_batches)
     else:
         order = rng.permutation(len(split))
-    shuffled = Split([split.texts[i] for i in order], split.label_ids[order])
-    return make_dataset(shuffled, None, batch_size).skip(skip)
+    return make_dataset(split.take(order), None, batch_size).skip(skip)
 
 
 def prepare_data(config):

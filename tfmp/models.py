@@ -216,13 +216,20 @@ class BertClassifier(keras_hub.models.TextClassifier):
     def preprocess_samples(self, x, y=None, sample_weight=None):
         # keras-hub maps this over every batch of raw strings in fit/evaluate/predict.
         # Cutting each batch to its longest sequence (not --seq-len) saves most of the
-        # compute on short texts; the padding mask makes the result the same.
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(
-            super().preprocess_samples(x, y, sample_weight)
-        )
+        # compute on short texts; the padding mask makes the result the same. A batch
+        # of token features (`data.Split.features`, tokenized once) is only trimmed.
+        if not (isinstance(x, dict) and "padding_mask" in x):
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(
+                super().preprocess_samples(x, y, sample_weight))
         if isinstance(x, dict) and "padding_mask" in x:
             x = data.trim_padding(x)
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+
+
+def takes_token_features(model):
+    """Whether `model`'s fit and predict take batches of token features (`data.Split.
+    features`); distillation's `preprocess_samples` (tfmp.compress.distil) wants texts."""
+    return isinstance(model, BertClassifier) and "preprocess_samples" not in vars(model)
 
 
 @contextlib.contextmanager

@@ -198,6 +198,19 @@ def _log_data(run, lengths):
     return truncated
 
 
+def _tokenize(splits, preprocessor):
+    """(`splits` with token features or None, (train, validation, test) token lengths)."""
+    parts = (splits.train, splits.validation, splits.test)
+    features, lengths = data.tokenize([t for p in parts for t in p.texts], preprocessor)
+    bounds = np.cumsum([0, *map(len, parts)])
+    lengths = tuple(lengths[a:b] for a, b in zip(bounds, bounds[1:]))
+    if features is None:
+        return None, lengths
+    return data.Splits(*(
+        dataclasses.replace(part, features={k: v[a:b] for k, v in features.items()})
+        for part, a, b in zip(parts, bounds, bounds[1:]))), lengths
+
+
 def _train_in_scope(run):
     config, splits = run.config, run.splits
     clock = time.perf_counter()
@@ -209,10 +222,8 @@ def _train_in_scope(run):
         run.policy, calibration, timings["calibration"] = adaptive.calibrate(
             model, data.epoch_dataset(splits.train, config.batch_size, config.seed, 0),
             run.policy, config.calibration_batches, config.initial_loss_scale, run.log)
-    clock = time.perf_counter()  # one tokenizer pass: a pass costs a graph trace (~1 s)
-    lengths = data.token_lengths(splits.train.texts + splits.validation.texts,
-                                 model.preprocessor)
-    lengths, val_lengths = lengths[:len(splits.train)], lengths[len(splits.train):]
+    clock = time.perf_counter()  # one tokenizer pass for the run (a pass costs ~0.2-1 s)
+    featured, (lengths, val_lengths, _) = _tokenize(splits, model.preprocessor)
     timings["token lengths (for length grouping)"] = time.perf_counter() - clock
     truncated = _log_data(run, lengths)
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
@@ -233,6 +244,8 @@ def _train_in_scope(run):
         if run.policy.loss_scaling else " (no loss scaling)"))
     if not model.optimizer.built:  # left to Keras, it is built inside the first traced
         model.optimizer.build(model.trainable_variables)  # step, which is then traced twice
+    if featured is not None and models.takes_token_features(model):
+        run.splits = featured  # fit and predict take token features, not texts
 
     staging = rundir.open_staging(run.out, run.dist, resuming=run.resume is not None)
     if config.precision_map == "adaptive" and not run.resume and run.dist.is_chief:
