@@ -314,16 +314,28 @@ def preprocessor():
 
 def test_batches_are_trimmed_to_longest_real_sequence(preprocessor):
     # Word pieces ("@united" is "@", "united"): 4, 1, 7 and 2; with [CLS] and [SEP] the longest
-    # sequence of the first batch of 3 is 9 and the last batch's is 4.
+    # sequence of the first batch of 3 is 9 (rounded up to an even 10) and the last batch's is 4.
     split = Split(["the flight was late", "great", "@united the crew was great !", "great crew"],
                   np.array([0, 2, 1, 2]))
     batches = list(make_dataset(split, preprocessor, batch_size=3).as_numpy_iterator())
     assert len(batches) == 2
     (x1, y1), (x2, y2) = batches
-    assert x1["token_ids"].shape == x1["padding_mask"].shape == x1["segment_ids"].shape == (3, 9)
+    assert x1["token_ids"].shape == x1["padding_mask"].shape == x1["segment_ids"].shape == (3, 10)
     assert x2["token_ids"].shape == (1, 4)
     assert y1.dtype == np.int32 and y1.tolist() == [0, 2, 1] and y2.tolist() == [2]
     assert x1["padding_mask"].sum(axis=1).tolist() == [6, 3, 9] and x1["token_ids"][1, 0] == 2  # [CLS] id
+
+
+def test_trimmed_widths_are_even_but_never_past_the_sequence_length(preprocessor):
+    # Each new width costs the training step a one-off ~85 ms (oneDNN kernels per shape).
+    import keras_hub
+
+    odd = keras_hub.models.BertTextClassifierPreprocessor(preprocessor.tokenizer, sequence_length=15)
+    for pre, texts, width in ((preprocessor, ["great"], 4), (preprocessor, ["the flight"], 4),
+                              (preprocessor, ["the flight was"], 6), (odd, ["great " * 20], 15)):
+        x = data.trim_padding(pre(texts))
+        assert {k: v.shape[1] for k, v in x.items()} == {k: width for k in data.TOKEN_KEYS}, texts
+        assert int(x["padding_mask"].numpy().sum()) == min(len(texts[0].split()) + 2, 15)
 
 
 def test_datasets_run_without_tf_data_autotuning(preprocessor):
@@ -379,6 +391,8 @@ def test_tokenize_gives_the_preprocessors_features_cut_to_the_longest_text(prepr
     short, _ = data.tokenize(texts[1:3], preprocessor)  # 4 tokens each: cut to 4 columns
     assert {k: v.shape for k, v in short.items()} == {k: (2, 4) for k in full}
     np.testing.assert_array_equal(short["token_ids"], full["token_ids"][1:3, :4])
+    odd, _ = data.tokenize(["the flight was"], preprocessor)  # 5 tokens: 6, as trim_padding
+    assert odd["token_ids"].shape == (1, 6)
     # Past the memory budget: lengths only, and the texts stay the datasets' input.
     none, again = data.tokenize(texts, preprocessor, max_bytes=4 * 16 * 9 - 1)
     assert none is None and again.tolist() == lengths.tolist()
