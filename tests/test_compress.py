@@ -208,6 +208,24 @@ def test_an_attached_student_reads_no_label_of_a_transfer_text(deep_bert_dir):
     assert classifier._tfmp_distillation["transfer_examples"] == 4
 
 
+def test_a_distilled_students_overflow_diagnosis_reads_the_labels_of_its_targets(
+        deep_bert_dir):
+    # The monitor diagnoses the first skipped step; a student's preprocess_samples returns
+    # its targets as a dict (label, teacher logits, ...), which broke the diagnosis once a
+    # distilled mixed_float16 run overflowed (seen in a full suite run, 2026-11-30).
+    import tensorflow as tf
+
+    from tfmp import diagnose
+
+    classifier = _classifier(deep_bert_dir)
+    table = np.random.default_rng(0).normal(size=(len(TEXTS), 3)).astype(np.float32)
+    distil.attach(classifier, TEXTS, table, 2.0, 0.5)
+    batch = (tf.constant(TEXTS), tf.constant([0, 1, 2, 0, 2, 2, 1, 1]))
+    assert isinstance(classifier.preprocess_samples(*batch)[1], dict)
+    result = diagnose.diagnose(classifier, batch, reference=False)
+    assert result["layers"] and result["loss"] > 0
+
+
 def test_transfer_texts_are_the_left_out_training_texts_never_validation_or_test(
         sentiment_csv):
     from tfmp.config import TrainConfig

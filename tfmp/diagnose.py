@@ -43,6 +43,8 @@ def _batches(model, data, count=1):
                                                          else batch)
         if getattr(model, "preprocessor", None) is not None:
             x, y, _ = keras.utils.unpack_x_y_sample_weight(model.preprocess_samples(x, y))
+        if isinstance(y, dict):  # a distilled student's targets (tfmp.compress.distil)
+            y = y["label"]
         out.append((x, y))
     return out
 
