@@ -23,15 +23,8 @@ from tfmp import files
 from tfmp.errors import InputError
 from tfmp.grouping import length_grouped_order  # noqa: F401  (re-exported)
 from tfmp.readers import (  # noqa: F401  (re-exported)
-    AIRLINE_HANDLES,
-    BUILTIN_DATASETS,
-    Examples,
-    _listed,
-    _MAX_LISTED,
-    _SHORT,
-    _read_bytes,
-    load_examples,
-)
+    AIRLINE_HANDLES, BUILTIN_DATASETS, Examples, _listed, _MAX_LISTED, _SHORT, _read_bytes,
+    load_examples)
 
 # What a BERT preprocessor produces for each text, each int [batch, sequence_length]:
 # the model's inputs, the exported models' token inputs, what trimming cuts.
@@ -242,19 +235,24 @@ def split_examples(
     return Splits(train=part(train), validation=part(validation), test=part(test))
 
 
+def _even(width):
+    """`width` (a tf or numpy int) rounded up to even: what batches are cut to. A width a
+    run has not seen costs the step ~85 ms once (oneDNN builds kernels per shape), ~45 a
+    demo run; half as many for ~1.5% more tokens (float32 demo ~1 s faster, issue 14)."""
+    return width + width % 2
+
+
 def trim_padding(x):
-    """Cuts a preprocessed batch to its longest real sequence, rounded up to even.
+    """Cuts a preprocessed batch to its longest real sequence (`_even`, at most --seq-len).
 
     A BERT with a padding mask gives the same [CLS] output for any amount of right
     padding, and tweets fill a small part of the padded length, so the cut is free
-    accuracy-wise and saves most of the compute. Even widths: a width a run has not
-    seen costs the step ~85 ms once (oneDNN builds kernels per shape), ~45 a demo run;
-    half as many for ~1.5% more tokens (float32 demo ~1 s faster, README issue 14).
+    accuracy-wise and saves most of the compute.
     """
     import tensorflow as tf
 
     width = tf.reduce_max(tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1))  # right-padded
-    width = tf.minimum(width + width % 2, tf.shape(x["padding_mask"])[1])
+    width = tf.minimum(_even(width), tf.shape(x["padding_mask"])[1])
     # (batch, sequence_length) -> (batch, width)
     return {k: v[:, :width] if k in TOKEN_KEYS else v for k, v in x.items()}
 
@@ -334,8 +332,8 @@ def tokenize(texts: Sequence[str], preprocessor, max_bytes: int = 2**28):
     if not keep:
         return None, np.concatenate(batches).astype(np.int64)
     features = {k: np.concatenate([b[0][k] for b in batches]) for k in batches[0][0]}
-    width = int(features["padding_mask"].sum(axis=1).max())  # as trim_padding, rounded up to even
-    width = min(width + width % 2, features["padding_mask"].shape[1])
+    width = int(features["padding_mask"].sum(axis=1).max())  # cut as `trim_padding` cuts
+    width = min(_even(width), features["padding_mask"].shape[1])
     return ({k: v[:, :width] if k in TOKEN_KEYS else v for k, v in features.items()},
             np.concatenate([b[1] for b in batches]).astype(np.int64))
 
