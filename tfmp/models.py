@@ -25,7 +25,7 @@ from typing import Callable
 import keras
 import keras_hub
 
-from tfmp import data, families, files, float16_cpu, layers, lora, precision
+from tfmp import data, families, files, float16_cpu, fused_matmul, layers, lora, precision
 from tfmp import normalize  # noqa: F401  (registers the tokenizer classes model.keras names)
 from tfmp.errors import InputError
 
@@ -64,17 +64,13 @@ def check_checkpoint_dir(model_dir):
     if missing:
         hint = ""
         if "model.safetensors" in missing and os.path.isfile(
-            os.path.join(model_dir, "pytorch_model.bin")
-        ):
-            hint = (
-                " It has pytorch_model.bin: convert it once with transformers "
-                "(`AutoModel.from_pretrained(dir).save_pretrained(dir, "
-                "safe_serialization=True)`), since tfmp never unpickles files."
-            )
+                os.path.join(model_dir, "pytorch_model.bin")):
+            hint = (" It has pytorch_model.bin: convert it once with transformers "
+                    "(`AutoModel.from_pretrained(dir).save_pretrained(dir, "
+                    "safe_serialization=True)`), since tfmp never unpickles files.")
         raise InputError(
             f"'{model_dir}' is not a {family.model_type} checkpoint directory: missing "
-            f"{', '.join(missing)}. It needs {', '.join(needed)}.{hint}"
-        )
+            f"{', '.join(missing)}. It needs {', '.join(needed)}.{hint}")
     return config
 
 
@@ -117,6 +113,8 @@ class Transform:
 TRANSFORMS = (
     # Same dropout, half the random draws (tfmp.layers.FastDropout).
     Transform("fast dropout", layers.use_fast_dropout),
+    # Products as 2-D matmuls that oneDNN fuses with their bias and GELU (tfmp.fused_matmul).
+    Transform("fused matmuls", fused_matmul.use_fused_matmuls),
     # The fused GELU is an XLA kernel, which export graphs should not hold.
     Transform("fused GELU", layers.use_fused_gelu, training_only=True),
     # mixed_float16 on a CPU without float16 arithmetic: matmuls as tensor cores do them

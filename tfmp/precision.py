@@ -39,6 +39,8 @@ FLOAT32_ISLANDS = {
               "float32 (float16 logits lose small probabilities and overflow past 65504)",
     "fused GELU arithmetic": "layers.fused_gelu_approximate: reads and writes the compute "
                              "dtype; float32 inside is free once XLA fuses the loop",
+    "fused matmul epilogue": "fused_matmul: at inference oneDNN adds the bias and applies "
+                             "the GELU to the float32 accumulator, then rounds once",
     "served softmax": "export.savedmodel and export.tflite: probabilities are a float32 "
                       "softmax of the logits whatever the compute dtype",
     "diagnosis loss": "diagnose: the probed loss is computed on float32 logits",
