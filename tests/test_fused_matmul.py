@@ -168,3 +168,16 @@ def test_keras_quantize_still_quantizes_the_swapped_layers(tiny_bert_dir):
     after = np.asarray(model(_inputs(), training=False))
     # int8 weights: per-channel abs-max rounding, about 1% of each product
     assert np.linalg.norm(after - before) <= 0.1 * np.linalg.norm(before)
+
+
+def test_the_tflite_export_traces_keras_products_and_leaves_the_model_fused(classifier):
+    from tfmp.export import tflite
+
+    def matmuls(function):  # 2-D MatMul ops: every product in the fused form
+        return sum(op.type == "MatMul" for op in function.graph.get_operations())
+
+    assert matmuls(_traced(classifier, training=False)) == 14
+    # Keras' form: only the 6 Dense layers (2 a layer, pooler, logits) are MatMuls; its 8
+    # EinsumDense layers are einsums.
+    assert matmuls(tflite._concrete_function(classifier)) == 6
+    assert all(type(l) in fused_matmul._ORIGINAL for l in _products(classifier))

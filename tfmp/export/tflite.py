@@ -23,7 +23,7 @@ import shutil
 
 import tensorflow as tf
 
-from tfmp import families, files
+from tfmp import families, files, fused_matmul
 from tfmp.errors import UserError
 from tfmp.export.gate import SIZE_REFERENCE, Gate
 from tfmp.export.savedmodel import features_of, token_specs
@@ -59,7 +59,9 @@ def _concrete_function(classifier):
         # precision.FLOAT32_ISLANDS["served softmax"]: float32 whatever the compute dtype.
         return {"probabilities": tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)}
 
-    return probabilities.get_concrete_function()
+    # Keras' Dense calls, not tfmp.fused_matmul's: faster in the TFLite interpreter.
+    with fused_matmul.keras_products(classifier):
+        return probabilities.get_concrete_function()
 
 
 def write_tflite(classifier, paths):
