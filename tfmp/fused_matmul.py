@@ -189,9 +189,9 @@ def _quantize_as_keras(layer, keras_quantize):
 def keras_products(model):
     """Keras' own Dense and EinsumDense calls inside the block (for tracing), then back.
 
-    For the TFLite export: its converter writes the 2-D form's GELU as one GELU op,
-    and the interpreter ran it slower than Keras' form (MiniLM, batch 32, 256 tweets,
-    6 alternating rounds: fp32 234 vs 247, int8 470 vs 497 examples/s).
+    For the TFLite and ONNX exports, whose runtimes fuse on their own and ran the 2-D
+    form slower than Keras' (MiniLM, batch 32, 256 tweets, 6 alternating rounds: TFLite
+    fp32 234 vs 247, int8 470 vs 497; ONNX Runtime fp32 206 vs 229 examples/s).
     """
     swapped = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
                if type(layer) in _ORIGINAL]
