@@ -72,13 +72,17 @@ def measure(rounds=8, examples=384, log=print):
     from tfmp import data, models
     from tfmp.export.savedmodel import SERVING_SIGNATURE, TOKENS_SIGNATURE
 
+    split = data.split_examples(*_airline(data), seed=0).test  # checked before exporting
+    if examples > len(split.texts):
+        raise SystemExit(f"--examples {examples}: the airline test split has "
+                         f"{len(split.texts)} tweets; pass --examples {len(split.texts)} "
+                         "or fewer.")
     with tempfile.TemporaryDirectory() as root:
         export_all(root)
         loaded = {n: tf.saved_model.load(os.path.join(root, n, "1")) for n in NAMES}
         tokens = inference.tokens(models.default_model_dir(), examples)
         token_batches = [{k: tf.constant(v[i:i + 32]) for k, v in tokens.items()}
                          for i in range(0, examples, 32)]
-        split = data.split_examples(*_airline(data), seed=0).test
         text_batches = [tf.constant(split.texts[i:i + 32]) for i in range(0, examples, 32)]
 
         def by_tokens(name):
@@ -108,6 +112,10 @@ def main():
     parser.add_argument("--examples", type=int, default=384)
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: need at least 1 round")
+    if args.examples < 1:
+        parser.error(f"--examples {args.examples}: need at least 1 test tweet")
     result = {"machine": common.machine(), "rounds": args.rounds, "examples": args.examples,
               **measure(args.rounds, args.examples)}
     common.print_result(result, args.json)

@@ -24,7 +24,7 @@ left to their own kernels.
 
 import keras
 
-from tfmp import precision
+from tfmp import precision, subclassing
 
 _FLOAT16 = "float16"
 
@@ -111,23 +111,10 @@ _MIXINS = (
     (keras.layers.Dense, _DenseMixin),
 )
 # Emulating subclass of each Keras or keras-hub class met, and the way back.
-_EMULATED = {}
-_ORIGINAL = {}
-
-
-def _emulated_class(cls):
-    if cls in _ORIGINAL:
-        return cls
-    if cls not in _EMULATED:
-        mixin = next((m for base, m in _MIXINS if issubclass(cls, base)), None)
-        if mixin is None:
-            return None
-        # Same name and module as the original: anything that prints or serializes
-        # the class name (get_config is the original's) sees the original.
-        sub = type(cls.__name__, (mixin, cls), {"__module__": cls.__module__,
-                                                "__qualname__": cls.__qualname__})
-        _EMULATED[cls], _ORIGINAL[sub] = sub, cls
-    return _EMULATED[cls]
+_SWAPS = subclassing.SubclassSwaps(
+    lambda cls: next((m for base, m in _MIXINS if issubclass(cls, base)), None))
+_EMULATED, _ORIGINAL = _SWAPS.subclass, _SWAPS.original
+_emulated_class = _SWAPS.subclass_of
 
 
 def use_float16_cpu(model, on=True):

@@ -14,15 +14,16 @@ float32 sums), in ops the remapper fuses. keras-hub's tanh GELU (and tfmp's XLA-
 one, `tfmp.layers.fused_gelu_approximate`, the same formula) is written as
 `tf.nn.gelu(approximate=True)`, the form the remapper recognises.
 
-Only calls with `training` false take this path: evaluation, prediction and every export.
+Only calls with `training` false take this path: evaluation, prediction, SavedModels.
 A training step keeps Keras' call and the XLA-fused GELU, whose backward pass needs the
 pre-activation a fused matmul does not keep; there the 2-D form measured no faster
 (MiniLM, batch 32, width 32, 6 alternating rounds: 235 vs 229 ms float32, 179 vs
-183 ms mixed_bfloat16). What it buys is measured by `benchmarks/inference.py`
-(benchmarks/README.md).
+183 ms mixed_bfloat16). The TFLite and ONNX exports trace Keras' form too
+(`keras_products`). What it buys the SavedModels is measured by
+`benchmarks/fused_matmul.py` (benchmarks/README.md).
 
-The classes change in place, as `tfmp.float16_cpu` and `tfmp.layers.FastDropout` do: no
-new state, same config and class name, so saved files do not change. Products the
+The classes change in place (`tfmp.subclassing`, as `tfmp.float16_cpu` does): no new
+state, same config and class name, so saved files do not change. Products the
 2-D form does not cover (an EinsumDense whose bias spans part of its output, sparse
 inputs, other backends) take Keras' own call.
 """
@@ -32,7 +33,7 @@ import math
 
 import keras
 
-from tfmp import layers
+from tfmp import layers, subclassing
 
 
 def _is_tanh_gelu(activation):
@@ -127,24 +128,11 @@ _MIXINS = (
     (keras.layers.EinsumDense, _EinsumDenseMixin),
     (keras.layers.Dense, _DenseMixin),
 )
-_FUSED = {}      # fused subclass of each Keras class met
-_ORIGINAL = {}   # and the way back
-
-
-def _fused_class(cls):
-    if cls in _ORIGINAL:
-        return cls
-    if cls not in _FUSED:
-        # Only layers whose call is Keras' own: a subclass with its own call keeps it.
-        mixin = next((m for base, m in _MIXINS if cls.call is base.call), None)
-        if mixin is None:
-            return None
-        # Same name and module as the original: anything that prints or serializes
-        # the class name (get_config is the original's) sees the original.
-        sub = type(cls.__name__, (mixin, cls), {"__module__": cls.__module__,
-                                                "__qualname__": cls.__qualname__})
-        _FUSED[cls], _ORIGINAL[sub] = sub, cls
-    return _FUSED[cls]
+# Fused subclass of each Keras class met, and the way back. Only classes whose call is
+# Keras' own: a subclass with its own call keeps it.
+_SWAPS = subclassing.SubclassSwaps(
+    lambda cls: next((m for base, m in _MIXINS if cls.call is base.call), None))
+_FUSED, _ORIGINAL = _SWAPS.subclass, _SWAPS.original
 
 
 def use_fused_matmuls(model, on=True):
@@ -159,7 +147,7 @@ def use_fused_matmuls(model, on=True):
     changed = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):
         cls = type(layer)
-        target = _fused_class(cls) if on else _ORIGINAL.get(cls)
+        target = _SWAPS.subclass_of(cls) if on else _ORIGINAL.get(cls)
         if target is not None and target is not cls:
             layer.__class__ = target
             if on:
