@@ -31,13 +31,13 @@ TIMEOUT = 400  # seconds for one subprocess on 2 cores shared with another test 
 _TRAIN = """
 import json, os, sys
 import keras, keras_hub, numpy as np
-from tfmp import checkpoint, models
+from tfmp import checkpoint_saver, models
 from tfmp.config import TrainConfig
 from tfmp.train import train
 
 preset = keras_hub.models.BertBackbone.from_preset
 keras_hub.models.BertBackbone.from_preset = lambda *a, **k: preset(*a, dropout=0.0, **k)
-epoch_end = checkpoint.CheckpointSaver.on_epoch_end
+epoch_end = checkpoint_saver.CheckpointSaver.on_epoch_end
 jobs, out = json.loads(sys.argv[1]), sys.argv[2]
 for name, mode, config in jobs:
     if mode == "initial":  # the weights training starts from, as train() builds them
@@ -49,7 +49,7 @@ for name, mode, config in jobs:
     def stop(self, epoch, logs=None):
         epoch_end(self, epoch, logs)
         raise KeyboardInterrupt
-    checkpoint.CheckpointSaver.on_epoch_end = stop if mode == "interrupt" else epoch_end
+    checkpoint_saver.CheckpointSaver.on_epoch_end = stop if mode == "interrupt" else epoch_end
     try:
         result = train(TrainConfig.from_json(config), verbose=0,
                        resume=config["out"] if mode == "resume" else None)

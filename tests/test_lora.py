@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import RUN_SETTINGS, write_tiny_checkpoint
-from tfmp import checkpoint, cli, lora, models, precision
+from tfmp import checkpoint_saver, cli, lora, models, precision
 from tfmp.config import TrainConfig
 from tfmp.errors import InputError, UserError
 from tfmp.train import compile_classifier, train
@@ -172,20 +172,20 @@ def test_lora_run_exports_through_the_parity_gate(lora_run, tmp_path):
 @pytest.mark.slow
 def test_interrupted_lora_run_resumes_to_the_same_adapters(lora_run, sentiment_csv,
                                                            tiny_bert_dir, tmp_path, monkeypatch):
-    saver_end = checkpoint.CheckpointSaver.on_train_batch_end
+    saver_end = checkpoint_saver.CheckpointSaver.on_train_batch_end
 
     def interrupt_at_step_23(self, batch, logs=None):
         saver_end(self, batch, logs)
         if int(self.model.optimizer.iterations.numpy()) == 23:
             os.kill(os.getpid(), signal.SIGINT)  # StopAtBatchEnd raises after the next step
 
-    monkeypatch.setattr(checkpoint.CheckpointSaver, "on_train_batch_end", interrupt_at_step_23)
+    monkeypatch.setattr(checkpoint_saver.CheckpointSaver, "on_train_batch_end", interrupt_at_step_23)
     out = str(tmp_path / "run")
     config = TrainConfig(data=sentiment_csv, model=tiny_bert_dir, policy="mixed_bfloat16",
                          out=out, **LORA_SETTINGS)
     with pytest.raises(KeyboardInterrupt):
         train(config, verbose=0)
-    monkeypatch.setattr(checkpoint.CheckpointSaver, "on_train_batch_end", saver_end)
+    monkeypatch.setattr(checkpoint_saver.CheckpointSaver, "on_train_batch_end", saver_end)
     resumed = train(resume=out, verbose=0)
     assert resumed.metrics["accuracy"] == lora_run.metrics["accuracy"]
     for a, b in zip(resumed.model.weights, lora_run.model.weights):

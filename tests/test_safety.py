@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import write_sentiment_csv
 
-from tfmp import checkpoint, cli, files, optimizer, rundir
+from tfmp import checkpoint, checkpoint_saver, cli, files, optimizer, rundir
 from tfmp.config import TrainConfig
 from tfmp.errors import InputError, TrainingStopped, UserError
 from tfmp.hardware import Hardware
@@ -44,14 +44,14 @@ def _config(csv, model, out, **kw):
 
 def _interrupt_after_first_epoch(monkeypatch):
     """Makes the next train() stop with Ctrl-C right after its first epoch's checkpoint."""
-    epoch_end = checkpoint.CheckpointSaver.on_epoch_end
+    epoch_end = checkpoint_saver.CheckpointSaver.on_epoch_end
 
     def stop(self, epoch, logs=None):
         epoch_end(self, epoch, logs)
-        monkeypatch.setattr(checkpoint.CheckpointSaver, "on_epoch_end", epoch_end)
+        monkeypatch.setattr(checkpoint_saver.CheckpointSaver, "on_epoch_end", epoch_end)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint.CheckpointSaver, "on_epoch_end", stop)
+    monkeypatch.setattr(checkpoint_saver.CheckpointSaver, "on_epoch_end", stop)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import time
 import warnings
 
 import keras
@@ -73,9 +72,26 @@ def _role(variable_path):
     return re.sub(r"_\d+(?=_|$)", "", variable_path.rsplit("/", 1)[-1])
 
 
+def _value_now(value):
+    """`value`'s array at this moment, without a copy where TensorFlow allows it.
+
+    A read of a TensorFlow variable is immutable: an update made while the read is
+    alive writes a new buffer (copy on write), so the view stays this step's value
+    while training goes on, and only the read is paid for here.
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    import tensorflow as tf
+
+    tensor = tf.convert_to_tensor(value)
+    if hasattr(tensor, "_numpy"):  # an eager tensor: numpy shares its buffer
+        return np.asarray(tensor)
+    return keras.ops.convert_to_numpy(tensor)
+
+
 def check_finite(model, step):
     """Raises `TrainingStopped` if a weight of `model` is NaN or infinite (nothing is saved)."""
-    bad = [w.path for w in model.weights if not np.isfinite(keras.ops.convert_to_numpy(w)).all()]
+    bad = [w.path for w in model.weights if not np.isfinite(_value_now(w)).all()]
     if bad:
         raise TrainingStopped(
             f"At step {step} {len(bad)} weights are not finite (first: {bad[0]}), so no "
@@ -90,48 +106,109 @@ def _extra_model_variables(model):
     return [v for v in model.variables if id(v) not in weights]
 
 
-def save(root, model, state):
-    """Writes a checkpoint of `model` (weights, optimizer, seeds) and `state` under `root`.
+class _Recorder(saving_lib.H5IOStore):
+    """Takes the place of Keras' weights file while Keras walks the model: keeps each
+    entry (path, metadata, {key: array}) in Keras' order, for `write` to replay."""
+
+    def __init__(self):  # no file
+        self.entries = []
+
+    def __bool__(self):
+        return True
+
+    def make(self, path, metadata=None):
+        values = _Entry()
+        self.entries.append((path, metadata, values))
+        return values
+
+
+class _Entry(dict):
+    def __setitem__(self, key, value):
+        super().__setitem__(key, _value_now(value))
+
+
+@dataclasses.dataclass
+class Snapshot:
+    """A checkpoint in memory: what `write` puts on disk, read at one step."""
+
+    step: int
+    weights: list  # Keras' weights-file entries: (path, metadata, {key: array})
+    arrays: dict  # state.npz: optimizer and seed variables
+    state: dict  # state.json, without the file list
+
+
+def snapshot(model, state):
+    """Reads a checkpoint of `model` (weights, optimizer, seeds) and `state`, no copies.
 
     Args:
-        root: str. The checkpoints directory.
         model: a compiled `keras.Model`; its optimizer is built if it is not yet.
         state: dict, JSON-serializable: epoch, batch position, config, history, ...
-            `global_step` is added from the optimizer.
-
-    Returns:
-        The path of the new checkpoint directory.
+            (copied: the caller may change it). `global_step` is added from the
+            optimizer.
     """
     opt = model.optimizer
     if not opt.built:
         opt.build(model.trainable_variables)
     step = global_step(opt)
     check_finite(model, step)  # a NaN checkpoint would pass its checksum and resume into NaN
+    # The model's weights only: Keras' `save_weights` would add the optimizer's
+    # variables (182 MB of MiniLM's 455 MB checkpoint), which `ARRAYS` holds anyway.
+    # Keras' own walk (what `save_weights_only` does), into a recorder, not a file.
+    recorder = _Recorder()
+    saving_lib._save_state(model, weights_store=recorder, assets_store=None, inner_path="",
+                           visited_saveables={id(opt)})
+    opt_vars, extra = opt.variables, _extra_model_variables(model)
+    arrays = {f"opt_{i:05d}": _value_now(v) for i, v in enumerate(opt_vars)}
+    arrays.update({f"seed_{i:05d}": _value_now(v) for i, v in enumerate(extra)})
+    state = dict(json.loads(files.dumps(state)), global_step=step,
+                 optimizer_variables=[v.path for v in opt_vars],
+                 seed_variables=[v.path for v in extra], versions=library_versions())
+    return Snapshot(step, recorder.entries, arrays, state)
+
+
+def save(root, model, state):
+    """Writes a checkpoint of `model` and `state` under `root` (`snapshot`, then `write`).
+
+    Returns:
+        The path of the new checkpoint directory.
+    """
+    return write(root, snapshot(model, state))
+
+
+def _write_weights(path, entries):
+    store = saving_lib.H5IOStore(path, mode="w")
+    try:
+        for entry_path, metadata, values in entries:
+            entry = store.make(entry_path, metadata=metadata)
+            for key, value in values.items():
+                entry[key] = value
+    finally:
+        store.close()
+
+
+def write(root, snap):
+    """Writes `snap` (a `Snapshot`) as a checkpoint under `root`; safe off the main thread.
+
+    Returns:
+        The path of the new checkpoint directory.
+    """
     os.makedirs(root, exist_ok=True)
-    name = f"ckpt-{step:09d}"
+    name = f"ckpt-{snap.step:09d}"
     final = os.path.join(root, name)
     tmp = os.path.join(root, f".tmp-{name}-{files.unique_suffix()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        # The model's weights only: Keras' `save_weights` would add the optimizer's
-        # variables (182 MB of MiniLM's 455 MB checkpoint), which `ARRAYS` holds anyway.
-        saving_lib.save_weights_only(model, os.path.join(tmp, WEIGHTS), objects_to_skip=[opt])
-        opt_vars, extra = opt.variables, _extra_model_variables(model)
-        arrays = {f"opt_{i:05d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(opt_vars)}
-        arrays.update({f"seed_{i:05d}": keras.ops.convert_to_numpy(v)
-                       for i, v in enumerate(extra)})
+        _write_weights(os.path.join(tmp, WEIGHTS), snap.weights)
         with open(os.path.join(tmp, ARRAYS), "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **snap.arrays)
         written = {}
         for fname in (WEIGHTS, ARRAYS):
             path = os.path.join(tmp, fname)
             files.fsync_file(path)
             written[fname] = {"bytes": os.path.getsize(path), "sha256": files.sha256(path)}
-        state = dict(state, global_step=step, files=written,
-                     optimizer_variables=[v.path for v in opt_vars],
-                     seed_variables=[v.path for v in extra], versions=library_versions())
-        files.write_atomic(os.path.join(tmp, STATE), files.dumps(state))
+        files.write_atomic(os.path.join(tmp, STATE), files.dumps(dict(snap.state,
+                                                                      files=written)))
         files.fsync_dir(tmp)
         if os.path.exists(final):  # an epoch end right after a step checkpoint: replace it
             stale = os.path.join(root, f".stale-{name}-{files.unique_suffix()}")
@@ -286,40 +363,3 @@ class Position:
     @classmethod
     def from_step(cls, step, steps_per_epoch):
         return cls(step // steps_per_epoch, step % steps_per_epoch)
-
-
-class CheckpointSaver(keras.callbacks.Callback):
-    """Saves a checkpoint every `every` global steps and at each epoch end.
-
-    Args:
-        root: str. The checkpoints directory.
-        every: int. Global steps (skipped ones included) between checkpoints; 0: only
-            at epoch ends.
-        state_fn: callable(epoch_logs) returning the dict stored in `state.json`
-            (config, seeds, history ...); `epoch_logs` is the finished epoch's logs at
-            an epoch end, else None. The batch position is derived from the optimizer.
-    """
-
-    def __init__(self, root, every, state_fn):
-        super().__init__()
-        self.root = root
-        self.every = max(int(every), 0)
-        self.state_fn = state_fn
-        self.last_saved_step = None
-        self.seconds = 0.0
-
-    def save(self, epoch_logs=None):
-        start = time.perf_counter()
-        step = global_step(self.model.optimizer)
-        path = save(self.root, self.model, self.state_fn(epoch_logs))
-        self.last_saved_step = step
-        self.seconds += time.perf_counter() - start  # what checkpoints cost the run
-        return path
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.every and global_step(self.model.optimizer) % self.every == 0:
-            self.save()
-
-    def on_epoch_end(self, epoch, logs=None):
-        # After validation: the state then holds this epoch's history too.
-        self.save(epoch_logs=dict(logs or {}))

@@ -40,16 +40,17 @@ class OverflowRecovery(keras.callbacks.Callback):
         burst: int. Skipped steps that trigger a recovery (0: never).
         window: int. Steps they must fall within.
         run: the run (`policy` is read and replaced as layers are pinned).
-        checkpoints: str. The run's checkpoint directory.
+        saver: the run's `tfmp.checkpoint_saver.CheckpointSaver` (its directory, and
+            the write in flight, which a restore waits for).
         data: batches to diagnose (a `tf.data.Dataset`).
         history: dict. The run's epoch history, rewound with the checkpoint.
         note: callable(text). Where the event is written (TensorBoard text).
     """
 
-    def __init__(self, burst, window, run, checkpoints, data, history, note):
+    def __init__(self, burst, window, run, saver, data, history, note):
         super().__init__()
         self.burst, self.window = int(burst), int(window)
-        self.run, self.checkpoints, self.data = run, checkpoints, data
+        self.run, self.saver, self.data = run, saver, data
         self.history, self.note = history, note
         self.triggered = None  # (step, loss scale before the burst)
         self.recoveries = []
@@ -58,7 +59,7 @@ class OverflowRecovery(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         opt = self.model.optimizer
-        if self._start is None and checkpoint.find_latest(self.checkpoints) is None:
+        if self._start is None and checkpoint.find_latest(self.saver.root) is None:
             # Nothing to go back to yet: remember where training starts (built first, so
             # every optimizer variable is in the copy).
             if not opt.built:
@@ -116,7 +117,8 @@ class OverflowRecovery(keras.callbacks.Callback):
 
     def _restore(self, scale):
         model, opt = self.model, self.model.optimizer
-        latest = checkpoint.find_latest(self.checkpoints)
+        self.saver.wait()
+        latest = checkpoint.find_latest(self.saver.root)
         if latest is not None:
             checkpoint.restore(model, *latest)
             self.history.clear()
@@ -132,14 +134,14 @@ class OverflowRecovery(keras.callbacks.Callback):
         return global_step(opt)
 
 
-def watcher_for(run, checkpoints, history, monitor):
+def watcher_for(run, saver, history, monitor):
     """The run's `OverflowRecovery`: under `--precision-map adaptive` with a loss scale
     and `--recovery-burst` > 0; else None."""
     config = run.config
     if (config.precision_map != "adaptive" or not run.policy.loss_scaling
             or not config.recovery_burst):
         return None
-    return OverflowRecovery(config.recovery_burst, config.recovery_window, run, checkpoints,
+    return OverflowRecovery(config.recovery_burst, config.recovery_window, run, saver,
                             monitor.diagnose_data, history, monitor._note)
 
 

@@ -10,10 +10,9 @@ is written; the run is assembled in `<out>.partial/` and renamed to `<out>` only
 when it is complete (`tfmp.rundir`).
 
 While it trains, `<out>.partial/checkpoints/` holds the newest two checkpoints
-(`tfmp.checkpoint`); a run killed at any moment continues with
-`train(resume="runs/demo")` (`tfmp train --resume runs/demo`) and ends with exactly
-the model an uninterrupted run would have produced. Each epoch's batch order is a
-fixed function of (seed, epoch), so a resumed epoch skips exactly the batches done.
+(`tfmp.checkpoint`, written in the background by `tfmp.checkpoint_saver`); a run killed
+at any moment continues with `train(resume="runs/demo")` (`tfmp train --resume`) and ends
+with exactly the model an uninterrupted run would have (batch order: fixed per epoch).
 
 Under a `tf.distribute` strategy (`TrainConfig.strategy`, `tfmp.distribute`) the
 model and optimizer are built in its scope and `batch_size` is the global batch.
@@ -32,7 +31,7 @@ import numpy as np
 
 from tfmp import adaptive, callbacks, checkpoint, data, distribute, files, headroom, lost_updates
 from tfmp import lora, memory, models, optimizer, precision, recovery, report, rundir, runrecord
-from tfmp import signals
+from tfmp import checkpoint_saver, signals
 from tfmp.config import TrainConfig, config_differences, config_hash
 from tfmp.errors import Interrupted, TrainingStopped, UserError
 
@@ -76,8 +75,7 @@ class _Run:
     resume: rundir.ResumePoint | None
     log: object
     verbose: int
-    # Builds and prepares the model instead of `load_classifier` (tfmp.compress).
-    source: object = None
+    source: object = None  # builds and prepares the model instead (tfmp.compress)
     extra_callbacks: tuple = ()
 
 
@@ -176,7 +174,8 @@ def _policy(config, point, dist):
         return precision.Policy(
             point.state["policy"], float32_layers=config.float32_layers, layer_map=layer_map,
             reason=point.state.get("policy_reason") or "chosen by auto when the run started")
-    policy = dataclasses.replace(precision.resolve(config.policy, float32_layers=config.float32_layers), layer_map=layer_map)
+    policy = dataclasses.replace(
+        precision.resolve(config.policy, float32_layers=config.float32_layers), layer_map=layer_map)
     agreed = distribute.from_chief(dist, precision.POLICIES.index(policy.name),
                                    precision.POLICIES)
     if precision.POLICIES[agreed] != policy.name:
@@ -262,8 +261,11 @@ def _train_in_scope(run):
             checkpoint.check_finite(model, optimizer.global_step(model.optimizer))
             clock = time.perf_counter()
             metrics = runrecord.test_metrics(run, model, fitted)
-        metrics["timings"] = dict(timings, **fitted["timings"],
-                                  **{"test evaluation": time.perf_counter() - clock})
+            timings["test evaluation"] = time.perf_counter() - clock
+            (saver := fitted["saver"]).wait()  # its last write overlapped the test evaluation
+        metrics["timings"] = {**timings, **fitted["timings"], "waiting for the last checkpoint "
+                              "write": saver.seconds - fitted["timings"]["checkpoints"]}
+        metrics["checkpoint_write_seconds"] = saver.write_seconds  # overlapped: not a phase
         metrics["memory"] = fitted["memory"].summary(config)
         run_config = runrecord.run_config(run, model, total_steps, steps_per_epoch, truncated)
         text_report = metrics["test"].pop("classification_report")
@@ -310,9 +312,9 @@ def _fit_callbacks(run, staging, history, steps_per_epoch, total_steps, lengths,
         diagnose_data=(data.epoch_dataset(run.splits.train, config.batch_size, config.seed, 0,
                                           lengths=lengths, pool_batches=config.length_pool)
                        if run.policy.loss_scaling else None))
-    saver = checkpoint.CheckpointSaver(os.path.join(staging, rundir.CHECKPOINTS),
+    saver = checkpoint_saver.CheckpointSaver(os.path.join(staging, rundir.CHECKPOINTS),
                                        config.checkpoint_every, checkpoint_state)
-    watcher = recovery.watcher_for(run, saver.root, history, monitor)
+    watcher = recovery.watcher_for(run, saver, history, monitor)
     return monitor, saver, watcher, [
         # First: a signal raised after a step, before that step's other callbacks.
         signals.StopAtBatchEnd(),
@@ -392,7 +394,7 @@ def _fit(run, model, staging, history, steps_per_epoch, lengths, val_lengths=Non
     timings = dict(phases.phases(), checkpoints=saver.seconds)
     timings["other (callbacks, input pipeline, between epochs)"] = seconds - sum(timings.values())
     return {"monitor": monitor, "seconds": seconds, "shard": shard, "timings": timings,
-            "memory": fit_callbacks[-1],
+            "saver": saver, "memory": fit_callbacks[-1],
             "recoveries": watcher.recoveries if watcher else [],
             "steps": optimizer.global_step(model.optimizer) - start_step,
             "start_step": start_step}
