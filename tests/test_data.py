@@ -327,7 +327,7 @@ def test_batches_are_trimmed_to_longest_real_sequence(preprocessor):
 
 
 def test_trimmed_widths_are_even_but_never_past_the_sequence_length(preprocessor):
-    # Each new width costs the training step a one-off ~85 ms (oneDNN kernels per shape).
+    # Each new width costs the training step a one-off ~85 ms (XLA compiles its GELU per shape).
     import keras_hub
 
     odd = keras_hub.models.BertTextClassifierPreprocessor(preprocessor.tokenizer, sequence_length=15)

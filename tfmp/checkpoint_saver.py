@@ -16,16 +16,13 @@ checkpoint counts from the moment its write ends. One write is in flight at a ti
 next checkpoint, `save`, and `wait` wait for it first and raise its error, if any.
 """
 
-import os
 import threading
 import time
 
 import keras
 
-from tfmp import checkpoint
+from tfmp import checkpoint, hardware
 from tfmp.optimizer import global_step
-
-_NICE = 19  # the writer thread's niceness (Linux sets it per thread)
 
 
 class _Write(threading.Thread):
@@ -40,10 +37,7 @@ class _Write(threading.Thread):
 
     def run(self):
         start = time.perf_counter()
-        try:  # below training's threads: the write takes the cycles they leave idle
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _NICE)
-        except (AttributeError, OSError):  # not Linux: a thread's priority is the process's
-            pass
+        hardware.yield_to_training()
         try:
             self.path = checkpoint.write(self.root, self.snap)
         except BaseException as e:  # raised on the training thread by `wait`

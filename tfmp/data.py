@@ -21,7 +21,7 @@ import numpy as np
 
 from tfmp import files
 from tfmp.errors import InputError
-from tfmp.grouping import length_grouped_order  # noqa: F401  (re-exported)
+from tfmp.grouping import epoch_order, length_grouped_order  # noqa: F401  (re-exported)
 from tfmp.readers import (  # noqa: F401  (re-exported)
     AIRLINE_HANDLES, BUILTIN_DATASETS, Examples, _listed, _MAX_LISTED, _SHORT, _read_bytes,
     load_examples)
@@ -235,15 +235,15 @@ def split_examples(
     return Splits(train=part(train), validation=part(validation), test=part(test))
 
 
-def _even(width):
+def even_width(width):
     """`width` (a tf or numpy int) rounded up to even: what batches are cut to. A width a
-    run has not seen costs the step ~85 ms once (oneDNN builds kernels per shape), ~45 a
-    demo run; half as many for ~1.5% more tokens (float32 demo ~1 s faster, issue 14)."""
+    run has not seen costs the step ~85 ms once (XLA compiles the fused GELU per shape:
+    `tfmp.xla_warmup`), ~45 a demo run; half as many for ~1.5% more tokens."""
     return width + width % 2
 
 
 def trim_padding(x):
-    """Cuts a preprocessed batch to its longest real sequence (`_even`, at most --seq-len).
+    """Cuts a preprocessed batch to its longest real sequence (`even_width`, at most --seq-len).
 
     A BERT with a padding mask gives the same [CLS] output for any amount of right
     padding, and tweets fill a small part of the padded length, so the cut is free
@@ -252,7 +252,7 @@ def trim_padding(x):
     import tensorflow as tf
 
     width = tf.reduce_max(tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1))  # right-padded
-    width = tf.minimum(_even(width), tf.shape(x["padding_mask"])[1])
+    width = tf.minimum(even_width(width), tf.shape(x["padding_mask"])[1])
     # (batch, sequence_length) -> (batch, width)
     return {k: v[:, :width] if k in TOKEN_KEYS else v for k, v in x.items()}
 
@@ -333,7 +333,7 @@ def tokenize(texts: Sequence[str], preprocessor, max_bytes: int = 2**28):
         return None, np.concatenate(batches).astype(np.int64)
     features = {k: np.concatenate([b[0][k] for b in batches]) for k in batches[0][0]}
     width = int(features["padding_mask"].sum(axis=1).max())  # cut as `trim_padding` cuts
-    width = min(_even(width), features["padding_mask"].shape[1])
+    width = min(even_width(width), features["padding_mask"].shape[1])
     return ({k: v[:, :width] if k in TOKEN_KEYS else v for k, v in features.items()},
             np.concatenate([b[1] for b in batches]).astype(np.int64))
 
@@ -359,11 +359,7 @@ def epoch_dataset(split, batch_size, seed, epoch, skip=0, lengths=None, pool_bat
     trains on exactly the batches the interrupted one had not reached. With token
     `lengths`, batches group texts of similar length (`length_grouped_order`).
     """
-    rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch])
-    if lengths is not None:
-        order = length_grouped_order(lengths, batch_size, rng, pool_batches)
-    else:
-        order = rng.permutation(len(split))
+    order = epoch_order(len(split), batch_size, seed, epoch, lengths, pool_batches)
     return make_dataset(split.take(order), None, batch_size).skip(skip)
 
 

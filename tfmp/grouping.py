@@ -1,6 +1,7 @@
 """Batches of similar length: the order tfmp trains in (`TrainConfig.length_grouping`).
 
     order = length_grouped_order(lengths, 32, np.random.default_rng([seed, epoch]))
+    order = epoch_order(len(texts), 32, seed, epoch, lengths)   # what a training epoch uses
 
 Pure numpy: `tfmp.data` batches the texts in this order.
 """
@@ -37,3 +38,12 @@ def length_grouped_order(lengths, batch_size: int, rng: np.random.Generator,
     tail = np.concatenate(partial) if partial else np.zeros((0,), order.dtype)
     tail_batches = [tail[i:i + batch_size] for i in range(0, len(tail), batch_size)]
     return np.concatenate(full + tail_batches) if full or tail_batches else order
+
+
+def epoch_order(n, batch_size, seed, epoch, lengths=None, pool_batches=8):
+    """The order epoch `epoch` trains `n` examples in: a fixed function of (seed, epoch),
+    grouped by length when `lengths` are given (`length_grouped_order`), else shuffled."""
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch])
+    if lengths is not None:
+        return length_grouped_order(lengths, batch_size, rng, pool_batches)
+    return rng.permutation(n)

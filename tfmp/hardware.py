@@ -107,3 +107,15 @@ def bfloat16_supported(hardware):
     """Whether `hardware` computes bfloat16 natively (GPU >= 8.0, TPU, AMX, AVX512-BF16)."""
     return bool(hardware.tpu or any(major >= 8 for _, (major, _) in hardware.gpus)
                 or {"amx_bf16", "avx512_bf16"} & set(hardware.cpu_flags))
+
+
+def yield_to_training(niceness=19):
+    """Lowers the calling thread's CPU priority (Linux sets it per thread), so a helper
+    thread (a checkpoint write, an XLA warm-up) takes the cycles training leaves idle
+    instead of slowing its steps. Elsewhere a thread's priority is the process's: no-op."""
+    import threading
+
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass

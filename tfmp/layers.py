@@ -121,6 +121,13 @@ def _gelu_kernels():
 _KERNELS = []
 
 
+def gelu_kernels():
+    """(forward, backward): the fused GELU's two XLA `tf.function`s, made once a process."""
+    if not _KERNELS:
+        _KERNELS.extend(_gelu_kernels())
+    return tuple(_KERNELS)
+
+
 def fused_gelu_approximate(x):
     """keras-hub's `gelu_approximate` with both passes fused by XLA (TensorFlow only).
 
@@ -132,9 +139,7 @@ def fused_gelu_approximate(x):
     """
     import tensorflow as tf
 
-    if not _KERNELS:
-        _KERNELS.extend(_gelu_kernels())
-    forward, backward = _KERNELS
+    forward, backward = gelu_kernels()
 
     @tf.custom_gradient
     def gelu(x):

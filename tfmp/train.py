@@ -31,7 +31,7 @@ import numpy as np
 
 from tfmp import adaptive, callbacks, checkpoint, data, distribute, files, headroom, lost_updates
 from tfmp import lora, memory, models, optimizer, precision, recovery, report, rundir, runrecord
-from tfmp import checkpoint_saver, signals
+from tfmp import checkpoint_saver, signals, xla_warmup
 from tfmp.config import TrainConfig, config_differences, config_hash
 from tfmp.errors import Interrupted, TrainingStopped, UserError
 
@@ -318,6 +318,7 @@ def _fit_callbacks(run, staging, history, steps_per_epoch, total_steps, lengths,
     return monitor, saver, watcher, [
         # First: a signal raised after a step, before that step's other callbacks.
         signals.StopAtBatchEnd(),
+        xla_warmup.XlaWarmup(run.splits.train, config, lengths),  # early: a thread
         monitor,  # before the guard: the step that stops training is logged
         *([watcher] if watcher else []),  # before the guard: a burst is recovered
         callbacks.LossScaleGuard(skip_window=config.skip_window,
@@ -327,9 +328,8 @@ def _fit_callbacks(run, staging, history, steps_per_epoch, total_steps, lengths,
           if config.lost_update_every else []),
         *([headroom.HeadroomImage(logs, monitor.diagnose_data, config.headroom_every)]
           if config.headroom_every and monitor.diagnose_data is not None else []),
-        # update_freq="epoch": with an integer, Keras 3.15 leaves its
-        # record_if(batch % update_freq == 0) in force at epoch end and drops
-        # the epoch_loss/epoch_accuracy curves. Per-step curves: the monitor.
+        # update_freq="epoch": with an integer, Keras 3.15 leaves its record_if(batch %
+        # update_freq == 0) on at epoch end: no epoch curves. Per step: the monitor.
         keras.callbacks.TensorBoard(logs, update_freq="epoch"),
     ]
 
