@@ -20,7 +20,8 @@ units) inputs, the step's own signature), from a graph as the step does (an eage
 call is cached under another key).
 
 Best effort: where a shape is not warmed (a signature the step traced differently, a
-strategy with several replicas), the step compiles it itself, as without this.
+strategy with several replicas, `--grad-accum` micro-batches), the step compiles it
+itself, as without this.
 """
 
 import threading
@@ -125,8 +126,8 @@ class XlaWarmup(keras.callbacks.Callback):
         shapes = batch_shapes(self.split, config.batch_size, config.seed, config.epochs,
                               global_step(model.optimizer), self.lengths,
                               config.length_pool, config.seq_len)
-        if model.distribute_strategy.num_replicas_in_sync > 1:
-            shapes = []  # each replica's batch is a part of these
+        if model.distribute_strategy.num_replicas_in_sync > 1 or config.grad_accum > 1:
+            shapes = []  # each replica's (micro-)batch is a part of these
         self.thread = _Compiler(signatures, shapes if signatures else [])
         self.thread.start()
 
