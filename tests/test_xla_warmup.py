@@ -74,7 +74,7 @@ def test_batch_shapes_are_those_training_meets_in_its_order(featured, grouped, s
                                    epochs, start_step, None, seq_len=16) == []
 
 
-@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16", "mixed_float16"])
 def test_the_step_calls_the_kernels_the_warmup_compiled(varied_csv, tiny_bert_dir,
                                                         tmp_path, monkeypatch, policy):
     started = []
@@ -91,7 +91,7 @@ def test_the_step_calls_the_kernels_the_warmup_compiled(varied_csv, tiny_bert_di
     thread = started[0].thread
     thread.join()
     assert len(started) == 1 and thread.error is None
-    dtype = "float32" if policy == "float32" else "bfloat16"
+    dtype = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[policy]
     assert [d for _, d in thread.signatures] == [dtype]
     assert len(thread.shapes) >= 3 and thread.compiled == len(thread.shapes)
     # The step traced no GELU of its own for these layers: every concrete function for
