@@ -139,8 +139,11 @@ def test_a_failed_background_write_is_raised_by_wait_and_leaves_nothing(tiny_ber
         checkpoint.np.savez = lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space"))
         model.optimizer.iterations.assign_add(1)
         saver.save(background=True)
-        with pytest.raises(OSError, match="No space"):
+        with pytest.raises(OSError, match="No space") as raised:
             saver.wait()
+        # Raised away from the write: it says which checkpoint, where, and what to do.
+        note = " ".join(getattr(raised.value, "__notes__", []))
+        assert f"checkpoint of step 1 under {root}" in note and "--resume" in note
     finally:
         checkpoint.np.savez = original
     assert sorted(p.name for p in root.iterdir()) == ["ckpt-000000000", "latest"]

@@ -33,7 +33,7 @@ class _Write(threading.Thread):
     def __init__(self, root, snap):
         # Not a daemon: an interpreter that exits mid-write finishes the write first.
         super().__init__(name=f"checkpoint-{snap.step}")
-        self.root, self.snap = root, snap
+        self.root, self.snap, self.step = root, snap, snap.step
         self.path = self.error = None
         self.seconds = 0.0
 
@@ -90,6 +90,13 @@ class CheckpointSaver(keras.callbacks.Callback):
         self.seconds += time.perf_counter() - start
         self.write_seconds += pending.seconds
         if pending.error is not None:
+            # Raised here, maybe an epoch after the write began: say which one failed.
+            if isinstance(pending.error, Exception):
+                pending.error.add_note(
+                    f"Writing the checkpoint of step {pending.step} under {self.root} failed in "
+                    "the background; nothing of it was committed and the checkpoints before it "
+                    "are whole. Fix the cause (disk space, permissions) and resume with "
+                    "`tfmp train --resume`.")
             raise pending.error
         return pending.path
 
