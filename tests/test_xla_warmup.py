@@ -10,7 +10,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tfmp import data, layers, models, xla_warmup
+from tfmp import data, models, xla_kernels, xla_warmup
 from tfmp.config import TrainConfig
 from tfmp.train import train
 
@@ -74,6 +74,22 @@ def test_batch_shapes_are_those_training_meets_in_its_order(featured, grouped, s
                                    epochs, start_step, None, seq_len=16) == []
 
 
+def test_eval_shapes_are_those_validation_and_test_meet(featured, tiny_bert_dir):
+    split, _, preprocessor = featured
+    halves = split.take(np.arange(0, len(split), 2)), split.take(np.arange(1, len(split), 2))
+    expected = {}
+    for part in halves:  # as `fit`'s validation and `tfmp.scoring.evaluate` batch them
+        ds = data.make_dataset(data.by_length(part, preprocessor), None, 24)
+        for x, _ in ds:
+            shape = data.trim_padding(x)["token_ids"].shape
+            expected.setdefault((int(shape[0]), int(shape[1])), None)
+    expected = list(expected)
+    assert len(expected) >= 4 and any(b < 24 for b, _ in expected)
+    assert xla_warmup.eval_shapes(halves, 24) == expected
+    assert xla_warmup.eval_shapes(halves, 24, skip=expected[1:]) == expected[:1]
+    assert xla_warmup.eval_shapes([dataclasses.replace(halves[0], features=None)], 24) == []
+
+
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16", "mixed_float16"])
 def test_the_step_calls_the_kernels_the_warmup_compiled(varied_csv, tiny_bert_dir,
                                                         tmp_path, monkeypatch, policy):
@@ -93,16 +109,27 @@ def test_the_step_calls_the_kernels_the_warmup_compiled(varied_csv, tiny_bert_di
     assert len(started) == 1 and thread.error is None
     dtype = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}[policy]
     assert [d for _, d in thread.signatures] == [dtype]
-    assert len(thread.shapes) >= 3 and thread.compiled == len(thread.shapes)
+    assert len(thread.shapes) >= 3 and len(thread.forward_shapes) >= 2
+    assert len(thread.decays) >= 2 and {d for _, d in thread.decays} == {"float32"}
+    assert thread.compiled == len(thread.shapes) + len(thread.forward_shapes) + len(thread.decays)
+    assert not set(thread.shapes) & set(thread.forward_shapes)
     # The step traced no GELU of its own for these layers: every concrete function for
     # their (units, dtype) takes (None, None, units), the warm-up's, so the compile
     # cache (keyed by function and shapes) served the step what the thread compiled.
     (units, _), = thread.signatures
-    forward, backward = layers.gelu_kernels()
+    forward, backward = xla_kernels.gelu_kernels()
     for kernel in (forward, backward):
         specs = [c.structured_input_signature[0][0] for c in kernel._list_all_concrete_functions()]
         mine = [s for s in specs if s.shape[-1] == units and s.dtype.name == dtype]
         assert [s.shape.as_list() for s in mine] == [[None, None, units]], specs
+    # Likewise the weight decay: one concrete function per decayed variable's shape, the
+    # warm-up's (a variable passed in, not its value, would trace another).
+    specs = [c.structured_input_signature[0]
+             for c in xla_kernels.decay_kernel()._list_all_concrete_functions()]
+    for shape, dtype in thread.decays:
+        mine = [(v.dtype.name, a.shape.as_list(), a.dtype.name)
+                for v, a in specs if v.shape.as_list() == list(shape)]
+        assert mine == [(dtype, [], dtype)], specs
 
 
 def test_a_stopped_warmup_compiles_nothing_more():

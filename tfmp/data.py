@@ -235,6 +235,9 @@ def split_examples(
     return Splits(train=part(train), validation=part(validation), test=part(test))
 
 
+EVAL_BATCH_SIZE = 64  # validation and test scores (forward only)
+
+
 def even_width(width):
     """`width` (a tf or numpy int) rounded up to even: what batches are cut to. A width a
     run has not seen costs the step ~85 ms once (XLA compiles the fused GELU per shape:

@@ -13,6 +13,8 @@ where it would go stale. `tfmp.models.TRANSFORMS` applies both.
 
 import keras
 
+from tfmp import xla_kernels
+
 # Dropout rates are quantised to 1/65536: a 16-bit draw per element.
 _RANDOM_BITS = 16
 
@@ -92,42 +94,6 @@ def use_fast_dropout(model, fast=True):
     return swapped
 
 
-# keras-hub's BERT feed-forward activation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-_GELU_K = 0.7978845608028654  # sqrt(2 / pi)
-_GELU_C = 0.044715
-
-
-def _gelu_kernels():
-    """The forward and backward GELU, each one XLA-fused loop, computed in float32."""
-    import tensorflow as tf
-
-    @tf.function(jit_compile=True)
-    def forward(x):
-        y = tf.cast(x, "float32")
-        t = tf.tanh(_GELU_K * y * (1.0 + _GELU_C * y * y))
-        return tf.cast(0.5 * y * (1.0 + t), x.dtype)
-
-    @tf.function(jit_compile=True)
-    def backward(x, dy):
-        y = tf.cast(x, "float32")
-        y2 = y * y
-        t = tf.tanh(_GELU_K * y * (1.0 + _GELU_C * y2))
-        d = 0.5 * (1.0 + t) + 0.5 * _GELU_K * y * (1.0 - t * t) * (1.0 + 3.0 * _GELU_C * y2)
-        return tf.cast(tf.cast(dy, "float32") * d, x.dtype)
-
-    return forward, backward
-
-
-_KERNELS = []
-
-
-def gelu_kernels():
-    """(forward, backward): the fused GELU's two XLA `tf.function`s, made once a process."""
-    if not _KERNELS:
-        _KERNELS.extend(_gelu_kernels())
-    return tuple(_KERNELS)
-
-
 def fused_gelu_approximate(x):
     """keras-hub's `gelu_approximate` with both passes fused by XLA (TensorFlow only).
 
@@ -139,7 +105,7 @@ def fused_gelu_approximate(x):
     """
     import tensorflow as tf
 
-    forward, backward = gelu_kernels()
+    forward, backward = xla_kernels.gelu_kernels()
 
     @tf.custom_gradient
     def gelu(x):

@@ -12,7 +12,7 @@ import keras
 from keras import ops
 from keras.src.utils import tracking
 
-from tfmp import lossscale, precision
+from tfmp import lossscale, precision, xla_kernels
 from tfmp.schedule import WarmupLinearDecay
 from tfmp.config import TrainConfig
 from tfmp.errors import TrainingStopped
@@ -141,7 +141,8 @@ class AdamW(keras.optimizers.AdamW):
 
         def decay(variable, alpha):
             if self._use_weight_decay(variable):
-                variable.assign(_decayed(variable, tf.cast(alpha, variable.dtype)))
+                value = variable.value()  # a tensor: traced by shape (tfmp.xla_kernels)
+                variable.assign(xla_kernels.decay_kernel()(value, tf.cast(alpha, value.dtype)))
 
         def apply_all(distribution, variables, alpha):
             for variable in variables:
@@ -155,16 +156,15 @@ class AdamW(keras.optimizers.AdamW):
             apply_all, self._distribution_strategy, variables, alpha)
 
 
-_DECAY = []
-
-
-def _decayed(variable, alpha):
-    """variable - variable * alpha, one fused XLA loop (compiled once per shape)."""
-    import tensorflow as tf
-
-    if not _DECAY:
-        _DECAY.append(tf.function(lambda v, a: v - v * a, jit_compile=True))
-    return _DECAY[0](variable, alpha)
+def decay_signatures(opt, variables):
+    """(shape, dtype) of each of `variables` that `opt` decays through
+    `tfmp.xla_kernels.decay_kernel`, each once; [] where it decays them another way."""
+    inner = getattr(opt, "inner_optimizer", opt)
+    if not isinstance(inner, AdamW) or not inner.fused or inner.weight_decay is None or not all(
+            _fusable(v) for v in variables):
+        return []
+    values = [v.value if isinstance(v, keras.Variable) else v for v in variables]
+    return sorted({(tuple(v.shape), v.dtype.name) for v in values if inner._use_weight_decay(v)})
 
 
 def _global_norm(grads):

@@ -9,7 +9,7 @@ import numpy as np
 from tfmp import data
 
 
-def evaluate(model, split, label_map, batch_size=64, shard=None):
+def evaluate(model, split, label_map, batch_size=data.EVAL_BATCH_SIZE, shard=None):
     """Accuracy, macro-F1 and scikit-learn's classification report on `split`.
 
     The texts are scored shortest first (`data.by_length`), as validation is: each

@@ -292,7 +292,7 @@ def _train_in_scope(run):
 
 def _fit_callbacks(run, staging, history, steps_per_epoch, total_steps, lengths, model):
     """(monitor, saver, overflow recovery or None, the callbacks for `fit` in order)."""
-    config = run.config
+    config, splits = run.config, run.splits
 
     def checkpoint_state(epoch_logs=None):
         if epoch_logs:  # an epoch end: its metrics belong to the run's history
@@ -309,7 +309,7 @@ def _fit_callbacks(run, staging, history, steps_per_epoch, total_steps, lengths,
     logs = os.path.join(staging, rundir.LOGS)
     monitor = callbacks.TrainingMonitor(
         logs, update_freq=50, batch_size=config.batch_size, planned_steps=total_steps,
-        diagnose_data=(data.epoch_dataset(run.splits.train, config.batch_size, config.seed, 0,
+        diagnose_data=(data.epoch_dataset(splits.train, config.batch_size, config.seed, 0,
                                           lengths=lengths, pool_batches=config.length_pool)
                        if run.policy.loss_scaling else None))
     saver = checkpoint_saver.CheckpointSaver(os.path.join(staging, rundir.CHECKPOINTS),
@@ -318,7 +318,7 @@ def _fit_callbacks(run, staging, history, steps_per_epoch, total_steps, lengths,
     return monitor, saver, watcher, [
         # First: a signal raised after a step, before that step's other callbacks.
         signals.StopAtBatchEnd(),
-        xla_warmup.XlaWarmup(run.splits.train, config, lengths),  # early: a thread
+        xla_warmup.XlaWarmup(splits.train, config, lengths, (splits.validation, splits.test)),
         monitor,  # before the guard: the step that stops training is logged
         *([watcher] if watcher else []),  # before the guard: a burst is recovered
         callbacks.LossScaleGuard(skip_window=config.skip_window,
@@ -339,7 +339,7 @@ def _fit(run, model, staging, history, steps_per_epoch, lengths, val_lengths=Non
     config, dist = run.config, run.dist
     shard = distribute.shard_by_data if dist.num_workers > 1 else (lambda ds: ds)
     val_ds = (shard(data.make_dataset(data.by_length(run.splits.validation, model.preprocessor,
-                                                     val_lengths), None, 64))
+                                                     val_lengths), None, data.EVAL_BATCH_SIZE))
               if len(run.splits.validation) else None)
     start_step = optimizer.global_step(model.optimizer)
     position = checkpoint.Position.from_step(start_step, steps_per_epoch)

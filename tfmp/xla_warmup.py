@@ -1,6 +1,6 @@
-"""The fused GELU's XLA kernels, compiled on the spare core before training meets them.
+"""The training step's XLA kernels, compiled on the spare core before training meets them.
 
-    callbacks = [XlaWarmup(split, config, lengths), ...]   # model.fit(..., callbacks=...)
+    callbacks = [XlaWarmup(train, config, lengths, (validation, test)), ...]  # for model.fit
 
 TensorFlow compiles an XLA function at its first call for each input shape. The
 training step's GELU (`tfmp.layers.fused_gelu_approximate`: a forward and a backward
@@ -19,6 +19,13 @@ the thread calls the very concrete functions the step calls (traced for (None, N
 units) inputs, the step's own signature), from a graph as the step does (an eager
 call is cached under another key).
 
+The weight decay (`tfmp.xla_kernels.decay_kernel`) is compiled once per variable shape
+(MiniLM: 13), all at the step's first call: ~0.5 s of compiling, first in the thread.
+
+Validation and the test scores run the forward GELU at their own shapes (batches of
+`data.EVAL_BATCH_SIZE` sorted by length: `data.by_length`), none of them a training
+shape; the thread compiles those forward kernels after the training ones.
+
 Best effort: where a shape is not warmed (a signature the step traced differently, a
 strategy with several replicas, `--grad-accum` micro-batches), the step compiles it
 itself, as without this.
@@ -29,8 +36,7 @@ import threading
 import keras
 import numpy as np
 
-from tfmp import data, grouping, hardware, layers
-from tfmp.optimizer import global_step
+from tfmp import data, grouping, hardware, layers, optimizer, xla_kernels
 
 
 def batch_shapes(split, batch_size, seed, epochs, start_step=0, lengths=None,
@@ -62,6 +68,21 @@ def batch_shapes(split, batch_size, seed, epochs, start_step=0, lengths=None,
     return list(shapes)
 
 
+def eval_shapes(splits, batch_size, skip=()):
+    """(batch, width) of each batch of `splits` scored shortest first (`data.by_length`),
+    each shape once, leaving out `skip`; splits without token features give none."""
+    shapes = {}
+    for split in splits:
+        if split.features is None or not len(split):
+            continue
+        real = np.sort(np.asarray(split.features["padding_mask"]).sum(axis=1))
+        cap = split.features["padding_mask"].shape[1]
+        for start in range(0, len(real), batch_size):
+            batch = real[start:start + batch_size]
+            shapes.setdefault((len(batch), int(min(data.even_width(batch[-1]), cap))), None)
+    return [s for s in shapes if s not in set(skip)]
+
+
 def gelu_signatures(model):
     """(units, dtype) of the inputs of every Dense in `model` with the fused GELU."""
     found = {(int(layer.units), layer.compute_dtype)
@@ -72,12 +93,15 @@ def gelu_signatures(model):
 
 
 class _Compiler(threading.Thread):
-    """Compiles the fused GELU for each shape; stops early on `stop` or a finished main
-    thread (an interpreter exiting does not wait for the rest)."""
+    """Compiles the weight decay for each of `decays` ((shape, dtype) of the decayed
+    variables: the first step needs them all), then the fused GELU for each of `shapes`
+    (both passes) and of `forward_shapes` (the forward alone); stops early on `stop` or
+    a finished main thread (an interpreter exiting does not wait for the rest)."""
 
-    def __init__(self, signatures, shapes):
+    def __init__(self, signatures, shapes, forward_shapes=(), decays=()):
         super().__init__(name="xla-warmup")
         self.signatures, self.shapes = signatures, shapes
+        self.forward_shapes, self.decays = list(forward_shapes), list(decays)
         self.compiled, self.error = 0, None
         self.stopping = threading.Event()
 
@@ -86,22 +110,46 @@ class _Compiler(threading.Thread):
 
         hardware.yield_to_training()
         try:
-            forward, backward = layers.gelu_kernels()
-            calls = []
+            self._compile_decays()
+            forward, backward = xla_kernels.gelu_kernels()
+            calls = []  # (units, dtype, both passes, the forward alone)
             for units, dtype in self.signatures:
                 spec = tf.TensorSpec([None, None, units], dtype)
                 f = forward.get_concrete_function(spec)
                 b = backward.get_concrete_function(spec, spec)
-                calls.append((units, dtype, tf.function(lambda x, f=f, b=b: (f(x), b(x, x)),
-                                                        input_signature=[spec])))
-            for batch, width in self.shapes:
-                for units, dtype, call in calls:
-                    if self.stopping.is_set() or not threading.main_thread().is_alive():
+                calls.append((units, dtype,
+                              tf.function(lambda x, f=f, b=b: (f(x), b(x, x)), input_signature=[spec]),
+                              tf.function(lambda x, f=f: f(x), input_signature=[spec])))
+            work = [(shape, True) for shape in self.shapes]
+            work += [(shape, False) for shape in self.forward_shapes]
+            for (batch, width), both in work:
+                for units, dtype, both_passes, forward_only in calls:
+                    if self._stopped():
                         return
-                    call(tf.zeros([batch, width, units], dtype))
+                    (both_passes if both else forward_only)(tf.zeros([batch, width, units], dtype))
                     self.compiled += 1
         except Exception as e:  # best effort: the step compiles what is missing itself
             self.error = e
+
+    def _stopped(self):
+        return self.stopping.is_set() or not threading.main_thread().is_alive()
+
+    def _compile_decays(self):
+        import tensorflow as tf
+
+        for shape, dtype in self.decays:
+            if self._stopped():
+                return
+            specs = tf.TensorSpec(shape, dtype), tf.TensorSpec([], dtype)
+            kernel = xla_kernels.decay_kernel()
+
+            # As AdamW calls it: from a graph, in cross-replica context (a merge_call).
+            def call(v, a):
+                return tf.distribute.get_replica_context().merge_call(
+                    lambda _, v, a: kernel(v, a), args=(v, a))
+
+            tf.function(call, input_signature=specs)(tf.zeros(shape, dtype), tf.zeros([], dtype))
+            self.compiled += 1
 
 
 class XlaWarmup(keras.callbacks.Callback):
@@ -111,11 +159,12 @@ class XlaWarmup(keras.callbacks.Callback):
         split: the training `tfmp.data.Split`.
         config: the run's `TrainConfig` (batch size, seed, epochs, pools, --seq-len).
         lengths: the split's token lengths where batches are grouped by length, or None.
+        scored: the splits validated and tested at `data.EVAL_BATCH_SIZE`, by length.
     """
 
-    def __init__(self, split, config, lengths):
+    def __init__(self, split, config, lengths, scored=()):
         super().__init__()
-        self.split, self.config, self.lengths = split, config, lengths
+        self.split, self.config, self.lengths, self.scored = split, config, lengths, scored
         self.thread = None
 
     def on_train_begin(self, logs=None):
@@ -124,11 +173,17 @@ class XlaWarmup(keras.callbacks.Callback):
         model, config = self.model, self.config
         signatures = gelu_signatures(model)
         shapes = batch_shapes(self.split, config.batch_size, config.seed, config.epochs,
-                              global_step(model.optimizer), self.lengths,
+                              optimizer.global_step(model.optimizer), self.lengths,
                               config.length_pool, config.seq_len)
-        if model.distribute_strategy.num_replicas_in_sync > 1 or config.grad_accum > 1:
-            shapes = []  # each replica's (micro-)batch is a part of these
-        self.thread = _Compiler(signatures, shapes if signatures else [])
+        forward = eval_shapes(self.scored, data.EVAL_BATCH_SIZE, skip=shapes)
+        decays = optimizer.decay_signatures(model.optimizer, model.trainable_variables)
+        if not signatures:
+            shapes, forward = [], []
+        if model.distribute_strategy.num_replicas_in_sync > 1:
+            shapes, forward, decays = [], [], []  # each replica's batch is a part of these
+        elif config.grad_accum > 1:
+            shapes = []  # micro-batches are parts of these
+        self.thread = _Compiler(signatures, shapes, forward, decays)
         self.thread.start()
 
     def stop(self):
