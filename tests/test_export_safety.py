@@ -68,12 +68,17 @@ def run_dir(data_csv, tiny_bert_dir, tmp_path_factory):
                              lr=5e-3), verbose=0).run_dir
 
 
+# What the tests of a finished export read: the three SavedModels' serving signatures
+# and the HF tokenizer (test_export.py checks that every variant is written).
+EXPORTED = ["savedmodel_fp32", "savedmodel_fp16", "savedmodel_bf16", "hf"]
+
+
 @pytest.fixture(scope="module")
 def exported(run_dir, tmp_path_factory):
     from tfmp.export import export
 
     root = tmp_path_factory.mktemp("export_safety_exports")
-    return export(run_dir, out_root=str(root), name="tiny")
+    return export(run_dir, out_root=str(root), name="tiny", variants=EXPORTED)
 
 
 def _copy_run(run_dir, tmp_path, name="demo"):
