@@ -4,6 +4,8 @@ On tiny random BERTs (tests/conftest.py): a 4-layer, 4-head one for the arithmet
 the session's finished float32 run as the teacher of whole compressions.
 """
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -393,12 +395,26 @@ def test_an_unfinished_teacher_is_refused(float32_run, tmp_path, capsys):
     assert not (tmp_path / "student").exists()
 
 
+@pytest.fixture(scope="module")
+def compressed(float32_run, tmp_path_factory):
+    """(run directory, transfer data) of one `tfmp compress` of the session's float32 run:
+    layer 1 only, half its FFN neurons and heads, 2 epochs, 40 transfer texts. Read by
+    the two tests below: one compression serves both (each is a whole training run)."""
+    root = tmp_path_factory.mktemp("compressed")
+    extra = write_sentiment_csv(root / "more.csv", n=200, seed=11)
+    out = root / "student"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(["compress", float32_run.run_dir, "--out", str(out), "--keep-layers",
+                         "1", "--ffn-keep", "0.5", "--heads-keep", "0.5", "--epochs", "2",
+                         "--transfer-examples", "40", "--transfer-data", extra, "--quiet"])
+    assert code == 0, err.getvalue()
+    return out, extra
+
+
 @pytest.mark.slow
-def test_a_compressed_run_is_a_run_directory_that_exports(float32_run, tmp_path, capsys):
-    out = tmp_path / "student"
-    code, err = _compress_cli(capsys, float32_run.run_dir, "--out", out, "--keep-layers", "1",
-                              "--ffn-keep", "0.5", "--heads-keep", "0.5", "--epochs", "2")
-    assert code == 0, err
+def test_a_compressed_run_is_a_run_directory_that_exports(compressed, tmp_path, capsys):
+    out = compressed[0]
     assert files.is_complete(out)
     for name in ("config.json", "metrics.json", "history.json", "report.json", "model.keras",
                  "logs"):
@@ -429,13 +445,8 @@ def test_a_compressed_run_is_a_run_directory_that_exports(float32_run, tmp_path,
 
 
 @pytest.mark.slow
-def test_a_transfer_set_joins_the_training_split_and_is_recorded(float32_run, tmp_path, capsys):
-    extra = write_sentiment_csv(tmp_path / "more.csv", n=200, seed=11)
-    out = tmp_path / "student"
-    code, err = _compress_cli(capsys, float32_run.run_dir, "--out", out, "--keep-layers", "1",
-                              "--epochs", "1", "--transfer-examples", "40",
-                              "--transfer-data", extra)
-    assert code == 0, err
+def test_a_transfer_set_joins_the_training_split_and_is_recorded(float32_run, compressed):
+    out, extra = compressed
     saved = json.loads((out / "config.json").read_text())
     teacher = json.loads((Path(float32_run.run_dir) / "config.json").read_text())
     assert saved["compress"]["transfer"] == {"examples": 40, "source": extra,
