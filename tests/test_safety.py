@@ -217,10 +217,14 @@ def _env(**extra):
 
 @pytest.mark.slow
 def test_a_power_cut_while_finishing_leaves_the_old_run_or_a_recoverable_new_one(
-        csv, tiny_bert_dir, tmp_path):
+        csv, tiny_bert_dir, tmp_path, uninterrupted):
+    import shutil
+
     out = tmp_path / "run"
     config = dict(_config(csv, tiny_bert_dir, out, epochs=1).to_json(), overwrite=True)
-    train(TrainConfig(**dict(config, overwrite=False)), verbose=0)  # the old, finished run
+    # The old, finished run that --overwrite replaces: a copy of the module's (any
+    # finished run will do, and training one costs a whole run).
+    shutil.copytree(uninterrupted.run_dir, out)
     old_sha = files.sha256(out / "model.keras")
     proc = subprocess.run([sys.executable, "-c", FINISH_CUT, json.dumps(config),
                            "before staging rename"], cwd=ROOT, env=_env(),
