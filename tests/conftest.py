@@ -5,7 +5,8 @@ tests whose point is realism load the bundled all-MiniLM-L6-v2.
 
 Tests that only read a finished run (its run directory, metrics, model, report and
 TensorBoard logs) share the session's `mixed_float16_run` (and `float32_run`) instead
-of training their own; tests that kill, resume or otherwise change a run train their own.
+of training their own, and those that only read its export share `mixed_float16_export`;
+tests that kill, resume or otherwise change a run train their own.
 Plain helpers are imported with `from conftest import write_sentiment_csv, read_scalars`.
 """
 
@@ -175,6 +176,18 @@ def float32_run(sentiment_csv, tiny_bert_dir, tmp_path_factory):
     """The same run under float32. Read it; never change it."""
     return train_shared_run(sentiment_csv, tiny_bert_dir,
                             tmp_path_factory.mktemp("shared_runs") / "float32", "float32")
+
+
+@pytest.fixture(scope="session")
+def mixed_float16_export(mixed_float16_run, tmp_path_factory):
+    """(report, path) of `mixed_float16_run` exported with every variant, as `tiny`, alone
+    in its directory. test_export and test_serve read it (one export, not one each, when
+    xdist gives both files to one process); read it, never change it."""
+    from tfmp.export import export
+
+    out_root = tmp_path_factory.mktemp("saved_models")
+    report = export(mixed_float16_run.run_dir, out_root=str(out_root), name="tiny")
+    return report, os.path.join(out_root, "tiny")
 
 
 # --- Tiny random checkpoints of the other families (tests/tiny_families.py) -------------

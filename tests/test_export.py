@@ -24,10 +24,9 @@ def run_dir(mixed_float16_run):
 
 
 @pytest.fixture(scope="module")
-def exported(run_dir, tmp_path_factory):
-    out_root = tmp_path_factory.mktemp("saved_models")
-    report = export(run_dir, out_root=str(out_root), name="tiny")
-    return report, os.path.join(out_root, "tiny")
+def exported(mixed_float16_export):
+    # (report, path): the session's export of that run, every variant (conftest.py).
+    return mixed_float16_export
 
 
 def _reference(run_dir, texts):

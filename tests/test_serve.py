@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from tfmp import cli, files
-from tfmp.export import REGISTRY, export
+from tfmp.export import REGISTRY
 from tfmp.serve import inputs, wordpiece
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,10 +24,9 @@ TEXTS = ["@united the flight was great", "@united worst delayed plane", "seat to
 
 
 @pytest.fixture(scope="module")
-def exported(mixed_float16_run, tmp_path_factory):
-    out_root = tmp_path_factory.mktemp("saved_models")
-    report = export(mixed_float16_run.run_dir, out_root=str(out_root), name="tiny")
-    return report, os.path.join(out_root, "tiny")
+def exported(mixed_float16_export):
+    # (report, path): the session's export of its shared run, every variant (conftest.py).
+    return mixed_float16_export
 
 
 @pytest.fixture(scope="module")
