@@ -469,9 +469,12 @@ def test_a_compression_killed_with_sigkill_resumes_to_the_same_model(float32_run
     env = dict(os.environ, PYTHONPATH=ROOT)
     # With a transfer set: its texts and their place in the batches are the same on resume.
     extra = write_sentiment_csv(tmp_path / "more.csv", n=200, seed=11)
+    # 64 importance examples (2 batches, not all 288): the plan is measured by the killed
+    # and the whole run, and only needs to be the same in both.
     argv = [float32_run.run_dir, "--drop-layers", "1", "--ffn-keep", "0.5", "--sparsity",
             "0.5", "--epochs", "2", "--checkpoint-every", "4", "--hidden-weight", "1",
-            "--seed", "5", "--transfer-examples", "40", "--transfer-data", extra]
+            "--seed", "5", "--transfer-examples", "40", "--transfer-data", extra,
+            "--importance-examples", "64"]
     killed = _run_compress(argv + ["--out", str(tmp_path / "killed")], env)
     checkpoints = tmp_path / "killed.partial" / "checkpoints"
     deadline = time.time() + 300
