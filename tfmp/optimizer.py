@@ -186,7 +186,12 @@ def _global_norm(grads):
 
 def _fusable(variable):
     """True where TensorFlow's fused optimizer kernels can update `variable`."""
-    return keras.backend.backend() == "tensorflow" and hasattr(variable, "handle")
+    if keras.backend.backend() != "tensorflow":
+        return False
+    try:
+        return hasattr(variable, "handle")
+    except ValueError:  # a tf.distribute variable outside the update, where it has one
+        return True
 
 
 def sum_across_replicas(grads):

@@ -176,13 +176,17 @@ class XlaWarmup(keras.callbacks.Callback):
                               optimizer.global_step(model.optimizer), self.lengths,
                               config.length_pool, config.seq_len)
         forward = eval_shapes(self.scored, data.EVAL_BATCH_SIZE, skip=shapes)
-        decays = optimizer.decay_signatures(model.optimizer, model.trainable_variables)
+        decays = []
         if not signatures:
             shapes, forward = [], []
         if model.distribute_strategy.num_replicas_in_sync > 1:
-            shapes, forward, decays = [], [], []  # each replica's batch is a part of these
-        elif config.grad_accum > 1:
-            shapes = []  # micro-batches are parts of these
+            # Each replica's batch is a part of these shapes, and its decay runs in the
+            # strategy's update context, which this thread cannot enter.
+            shapes, forward = [], []
+        else:
+            decays = optimizer.decay_signatures(model.optimizer, model.trainable_variables)
+            if config.grad_accum > 1:
+                shapes = []  # micro-batches are parts of these
         self.thread = _Compiler(signatures, shapes, forward, decays)
         self.thread.start()
 
