@@ -101,6 +101,10 @@ def test_the_step_calls_the_kernels_the_warmup_compiled(varied_csv, tiny_bert_di
         started.append(self)
 
     monkeypatch.setattr(xla_warmup.XlaWarmup, "on_train_begin", record)
+    # Fresh kernels: the process's own may hold concrete functions that earlier tests
+    # traced in other contexts (eagerly, under another strategy), which this run's step
+    # would neither make nor call.
+    monkeypatch.setattr(xla_kernels, "_KERNELS", {})
     train(TrainConfig(data=varied_csv, model=tiny_bert_dir, policy=policy, epochs=1,
                       batch_size=16, seq_len=16, max_train_examples=96,
                       out=str(tmp_path / "run")), verbose=0)
