@@ -11,11 +11,13 @@ gradient 2e-3; each gradient against at least 1% of the global gradient norm, as
 gradient near zero in exact arithmetic is rounding noise).
 """
 
+import os
+
 import keras
 import numpy as np
 import pytest
 
-from tfmp import fused_matmul, models
+from tfmp import fused_matmul, hardware, models
 
 SEQ = 16
 
@@ -98,8 +100,12 @@ def _traced(model, training):
 def test_grappler_fuses_every_product_with_its_bias_and_the_gelu(classifier):
     fused = _optimized_fusions(_traced(classifier, training=False))
     assert len(fused) == 14
+    # Grappler fuses the GELU into the product only where oneDNN is on (TensorFlow's
+    # default on AVX512-VNNI/BF16 or AMX CPUs); elsewhere each product keeps its bias.
+    gelu = 2 if hardware.onednn_enabled() else 0  # one per layer
     assert [f for f in fused if "GeluApproximate" in f[1]] == [
-        ("_FusedMatMul", ("BiasAdd", "GeluApproximate"))] * 2  # one per layer
+        ("_FusedMatMul", ("BiasAdd", "GeluApproximate"))] * gelu
+    assert all(f[1][0] == "BiasAdd" for f in fused)
     fused_matmul.use_fused_matmuls(classifier, on=False)
     try:
         keras_fused = _optimized_fusions(_traced(classifier, training=False))
@@ -181,3 +187,30 @@ def test_the_tflite_export_traces_keras_products_and_leaves_the_model_fused(clas
     # EinsumDense layers are einsums.
     assert matmuls(tflite._concrete_function(classifier)) == 6
     assert all(type(l) in fused_matmul._ORIGINAL for l in _products(classifier))
+
+
+@pytest.mark.parametrize("flag", ["0", "1"])
+def test_onednn_enabled_reads_what_tensorflow_runs(flag):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=flag, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", "from tfmp import hardware; "
+                          "print(hardware.onednn_enabled())"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.split()[-1] == {"0": "False", "1": "True"}[flag], out.stderr[-2000:]
+
+
+def test_prefer_onednn_sets_the_flag_only_before_tensorflow_and_never_over_the_user(
+        monkeypatch):
+    monkeypatch.setattr(hardware, "_read_cpuinfo", lambda: ("", {"avx2", "fma"}))
+    environ = {}
+    assert hardware.prefer_onednn(environ, modules={}) and environ == {
+        "TF_ENABLE_ONEDNN_OPTS": "1"}
+    for environ, modules in (({"TF_ENABLE_ONEDNN_OPTS": "0"}, {}),  # the user's choice
+                             ({}, {"tensorflow": object()})):     # too late to matter
+        before = dict(environ)
+        assert not hardware.prefer_onednn(environ, modules) and environ == before
+    monkeypatch.setattr(hardware, "_read_cpuinfo", lambda: ("", {"neon"}))  # not x86 AVX2
+    environ = {}
+    assert not hardware.prefer_onednn(environ, modules={}) and environ == {}

@@ -21,7 +21,15 @@ def test_peak_memory_measures_the_fit_and_its_tensors():
     assert entry["peak_rss_mb"] >= entry["rss_at_start_mb"] > 0
     assert entry["allocator_device"] == "CPU:0"
     # The (1024, 16384) float32 activation and its gradient: 64 MB each.
-    assert entry["allocator_peak_mb"] - entry["allocator_at_start_mb"] >= 64
+    if memory.allocator_mb("CPU:0", "current") is None:
+        # oneDNN off (TensorFlow's default without AVX512-VNNI/BF16 or AMX): the CPU
+        # allocator keeps no counters, so no figure rather than a false one, and the
+        # resident peak alone sees the activations (VmHWM reset at the fit's start).
+        assert entry["allocator_peak_mb"] is entry["allocator_at_start_mb"] is None
+        assert not entry["peak_rss_is_the_fits_own"] or (
+            entry["peak_rss_mb"] - entry["rss_at_start_mb"] >= 64)
+    else:
+        assert entry["allocator_peak_mb"] - entry["allocator_at_start_mb"] >= 64
     assert (entry["grad_accum"], entry["remat"]) == (1, None)
     assert memory.PeakMemory().summary(TrainConfig()) is None  # no fit, no figure
 

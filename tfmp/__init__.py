@@ -10,7 +10,10 @@ import importlib.util
 import sys
 import types
 
+from tfmp import hardware as _hardware
 from tfmp.version import VERSION as __version__
+
+_hardware.prefer_onednn()  # before anything imports TensorFlow (tfmp.hardware)
 
 # {public name: the module that defines it}
 _EXPORTS = {

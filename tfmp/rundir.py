@@ -221,6 +221,7 @@ def versions():
         "machine": platform.machine(),
         "processor": hardware.cpu_model() or platform.processor(),
         "cpus": os.cpu_count(),
+        "onednn": hardware.onednn_enabled(),
     }
 
 
