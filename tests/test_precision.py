@@ -20,9 +20,20 @@ def test_unknown_policy_lists_the_choices():
 
 @pytest.mark.parametrize("name", precision.POLICIES)
 def test_explicit_policy_is_kept_and_says_user_chose_it(name):
-    policy = precision.resolve(name)
+    policy = precision.resolve(name, hardware=Hardware(cpu_flags=frozenset({"avx512_bf16"})))
     assert policy.name == name and policy.reason == "chosen by the user"
     assert policy.variable_dtype == "float32"
+
+
+def test_explicit_bfloat16_on_a_machine_without_it_says_it_is_emulated():
+    avx2 = Hardware(cpu_model="AMD EPYC", cpu_flags=frozenset({"avx2", "fma"}))
+    policy = precision.resolve("mixed_bfloat16", hardware=avx2)
+    assert policy.name == "mixed_bfloat16"  # the user's choice stands
+    assert policy.reason.startswith("chosen by the user; this machine has no bfloat16")
+    assert "emulates" in policy.reason and "'auto' picks float32" in policy.reason
+    assert precision.resolve("mixed_float16", hardware=avx2).reason == "chosen by the user"
+    gpu = Hardware(gpus=(("A100", (8, 0)),), cpu_flags=frozenset({"avx2"}))
+    assert precision.resolve("mixed_bfloat16", hardware=gpu).reason == "chosen by the user"
 
 
 def test_only_mixed_float16_needs_loss_scaling():

@@ -20,7 +20,7 @@ import dataclasses
 
 # Keras is imported where it is used: `tfmp predict` reads these decisions without it.
 from tfmp.errors import PolicyError
-from tfmp.hardware import detect_hardware
+from tfmp.hardware import bfloat16_supported, detect_hardware
 from tfmp.layerpaths import (  # noqa: F401 (the pinning mechanics)
     computing_in_float32, layer_paths, pin_float32, quantized)
 
@@ -52,15 +52,13 @@ FLOAT32_ISLANDS = {
                              "unscaled and finite-checked once per optimizer step",
 }
 
-# Compression (tfmp.compress) runs the teacher for two things only, once each: the
-# importance scores and the logits the student is distilled from. Both are computed
-# under float32 whatever the teacher was trained under: the cost is paid once, and
-# soft targets and Taylor scores (products of small gradients) are where 8 bits of
-# bfloat16 mantissa would show. The student trains under the teacher run's policy.
+# Compression (tfmp.compress) runs the teacher once each for the importance scores and
+# the logits the student is distilled from, both under float32 whatever the teacher was
+# trained under: paid once, and soft targets and Taylor scores (products of small
+# gradients) are where bfloat16's 8 bits would show. The student keeps the run's policy.
 TEACHER_POLICY = "float32"
 
-# What to do when float16 keeps overflowing: the guards, the loss-scale floor and the
-# skip warning all say it in these words.
+# What to do when float16 keeps overflowing (the guards, loss-scale floor and skip warning).
 OVERFLOW_ADVICE = ("Try --policy mixed_bfloat16 (or float32), pin the overflowing layers to "
                    "float32 (--float32-layers, from `tfmp diagnose`), or a lower learning "
                    "rate (--lr).")
@@ -72,15 +70,13 @@ FLOAT16_TINY = 2.0**-24  # smallest float16 subnormal; anything smaller becomes 
 # FLOAT16_MAX: one batch is a sample, and the next may be larger.
 DEFAULT_MARGIN = 4.0
 
-# Exported variants by compute precision: the Keras policy their graph computes in.
-# CPUs without bfloat16 serve float32 (and the TFLite converter fails on a mixed
-# graph); the fp16 SavedModel is for GPUs, the bf16 one for CPUs with AVX512-BF16 or
-# AMX, TPUs and GPUs from compute capability 8.0. Variables stay float32 in all.
+# Exported variants: the Keras policy each graph computes in (variables float32 in all).
+# fp32 for CPUs without bfloat16 (and TFLite, whose converter fails on a mixed graph);
+# fp16 for GPUs; bf16 for AVX512-BF16/AMX CPUs, TPUs, GPUs of compute capability >= 8.0.
 _SERVING_POLICIES = {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}
 
-# A CPU with AVX512-BF16 but no AMX gets mixed_bfloat16 from `auto` only when a
-# bfloat16 matmul measured here beats float32 by this factor: the dot-product
-# instruction alone does not guarantee TensorFlow's kernels use it, and casts cost.
+# An AVX512-BF16 CPU without AMX gets mixed_bfloat16 from `auto` only where a bfloat16
+# matmul beats float32 by this factor here: TensorFlow may not use the instruction.
 _CPU_BF16_MIN_SPEEDUP = 1.2
 
 
@@ -178,8 +174,17 @@ def resolve(name="auto", hardware=None, float32_layers=()):
         hardware = hardware or detect_hardware()
         name, reason = choose(hardware)
     else:
-        reason = "chosen by the user"
+        reason = "chosen by the user" + _emulated_note(name, hardware)
     return Policy(name=name, reason=reason, float32_layers=tuple(float32_layers))
+
+
+def _emulated_note(name, hardware):
+    """A warning for mixed_bfloat16 on a machine that computes no bfloat16 ("" else)."""
+    if name != "mixed_bfloat16" or bfloat16_supported(hardware or detect_hardware(probe=False)):
+        return ""
+    return ("; this machine has no bfloat16 arithmetic (no AVX512-BF16, AMX, TPU or GPU of "
+            "compute capability >= 8.0), so TensorFlow emulates it: MiniLM trained 6-11x "
+            "slower than under float32 on such a CPU. 'auto' picks float32 here")
 
 
 def choose(hardware):
