@@ -2,15 +2,14 @@
 
 Each notebook reads TFMP_NOTEBOOK_SIZE ("small" here, "full" by default) and
 TFMP_NOTEBOOK_OUT (where it writes runs and exports) in its `parameters` cell.
-The notebooks that also read TFMP_NOTEBOOK_MODEL (precision_tradeoffs, compression,
-custom_data) fine-tune a tiny random BERT here instead of the bundled MiniLM: what the
-test checks is that every cell runs and draws, not what MiniLM scores (custom_data's
-point is reading a CSV and the errors met on the way). Its depth is the least each
-notebook needs, since tracing and exporting cost grows with the layers: the session's
-2-layer BERT, and 4 layers for compression (whose "drop 3 layers" must keep one). The
-quickstart notebook, the tour of the real thing, keeps the bundled MiniLM. The kernel
-is ipykernel's "python3" from this interpreter's environment; the test checks that the
-kernel really runs this environment's Python.
+Each notebook also reads TFMP_NOTEBOOK_MODEL and fine-tunes a tiny random BERT here
+instead of the bundled MiniLM: what the test checks is that every cell runs and draws,
+not what MiniLM scores (the real MiniLM is loaded, trained and exported by test_export
+and test_tokenizer_parity). Its depth is the least each notebook needs, since tracing
+and exporting cost grows with the layers: the session's 2-layer BERT, and 4 layers for
+compression (whose "drop 3 layers" must keep one). The kernel is ipykernel's "python3"
+from this interpreter's environment; the test checks that the kernel really runs this
+environment's Python.
 """
 
 import os
@@ -82,7 +81,7 @@ DEEPER = {"compression.ipynb": 4}
 
 @pytest.fixture
 def notebook_model(name, tiny_bert_dir, tmp_path_factory):
-    """TFMP_NOTEBOOK_MODEL for the notebook `name` (the quickstart ignores it)."""
+    """TFMP_NOTEBOOK_MODEL for the notebook `name`."""
     if name not in DEEPER:
         return tiny_bert_dir
     return write_tiny_checkpoint(tmp_path_factory.mktemp("notebook_model"),
