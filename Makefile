@@ -28,7 +28,7 @@ demo: setup
 	$(VENV)/bin/tfmp export $(RUN) --overwrite
 
 full: setup
-	$(VENV)/bin/tfmp train --data airline --policy mixed_bfloat16 --epochs 3 --out runs/full --overwrite
+	$(VENV)/bin/tfmp train --data airline --policy auto --epochs 3 --out runs/full --overwrite
 
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
