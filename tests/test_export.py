@@ -202,9 +202,16 @@ def test_failed_gate_exits_nonzero_naming_the_variant_and_writes_nothing(
     status = cli.main(["export", run_dir, "--out-root", str(tmp_path), "--name", "x",
                        "--variants", "tflite_int8", "--max-examples", "8"])
     assert status != 0
-    err = capsys.readouterr().err
-    assert "tflite_int8" in err and "argmax agreement" in err
+    captured = capsys.readouterr()
+    assert "tflite_int8" in captured.err and "argmax agreement" in captured.err
     assert os.listdir(tmp_path) == []  # no export, no staging directory
+    # The command says which variant it is on, and how each ended, as it goes.
+    # tflite_int8 is converted from tflite_fp32, which comes first and passes.
+    lines = captured.out.splitlines()
+    assert lines[0] == "[1/2] tflite_fp32: writing and checking ..."
+    assert lines[1].startswith("[1/2] tflite_fp32: passed, argmax agreement ")
+    assert lines[2] == "[2/2] tflite_int8: writing and checking ..."
+    assert lines[3].startswith("[2/2] tflite_int8: FAILED its gate, argmax agreement ")
 
 
 def test_not_a_run_dir_is_a_user_error(tmp_path, capsys):

@@ -197,7 +197,8 @@ def _run_export(args):
     from tfmp import export
 
     report = export.export(args.run_dir, args.out_root, args.name, args.max_examples,
-                           list(args.variants) if args.variants else None, args.overwrite)
+                           list(args.variants) if args.variants else None, args.overwrite,
+                           log=lambda line: print(line, flush=True))
     print(export.format_table(report))
     return 0
 

@@ -44,7 +44,7 @@ __all__ = ["GATES", "REGISTRY", "VARIANTS", "ExportGateError", "Gate", "Variant"
 
 
 def export(run_dir, out_root="saved_models", name=None, max_examples=None, variants=None,
-           overwrite=False):
+           overwrite=False, log=None):
     """Exports run directory `run_dir` to `<out_root>/<name>/`; returns the report.
 
     Args:
@@ -54,6 +54,7 @@ def export(run_dir, out_root="saved_models", name=None, max_examples=None, varia
         max_examples: int or None. Check the gate on the first this many test examples.
         variants: names from `VARIANTS` (None: all).
         overwrite: bool. Replace an existing export of the same name (only an export).
+        log: callable or None. Hears each variant as it starts and ends (the CLI: print).
     """
     run_dir = os.path.abspath(os.fspath(run_dir))
     missing = [f for f in ("model.keras", "labels.json", "config.json")
@@ -88,7 +89,7 @@ def export(run_dir, out_root="saved_models", name=None, max_examples=None, varia
         return pipeline.write_export(
             models.load_model(run_dir), label_map.names, list(split.texts[:max_examples]),
             split.label_ids[:max_examples], target, rows, extra,
-            calibration=tuple(splits.validation.texts))
+            calibration=tuple(splits.validation.texts), log=log)
 
 
 def format_table(report):

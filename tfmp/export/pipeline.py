@@ -199,19 +199,28 @@ def _export_variant(ctx, evaluation):
     return row
 
 
-def _export_variants(ctx, evaluation, report):
-    """Exports every variant of `ctx` into `report["variants"]`; returns gate failures."""
+def _export_variants(ctx, evaluation, report, log=None):
+    """Exports every variant of `ctx` into `report["variants"]`; returns gate failures.
+    `log` (e.g. `print`), if given, hears each variant as it starts and ends."""
     # Every variant may read the tokenizer's files from here (SavedModel assets,
     # tflite/vocab.txt); they are not part of the export itself.
     os.makedirs(ctx.tokenizer_directory, exist_ok=True)
     families.write_tokenizer_files(families.by_backbone(ctx.classifier.backbone),
                                    ctx.classifier.preprocessor.tokenizer, ctx.tokenizer_directory)
     failures = []
-    for variant in ctx.variants:
+    for i, variant in enumerate(ctx.variants, 1):
+        if log:
+            log(f"[{i}/{len(ctx.variants)}] {variant.name}: writing and checking ...")
+        start = time.perf_counter()
         row = _export_variant(dataclasses.replace(ctx, variant=variant), evaluation)
         size_reference = report["variants"].get(SIZE_REFERENCE, {}).get("size_bytes")
-        failures += check_gate(variant.name, row, variant.gate, size_reference)
+        gate = check_gate(variant.name, row, variant.gate, size_reference)
+        failures += gate
         report["variants"][variant.name] = row
+        if log:
+            log(f"[{i}/{len(ctx.variants)}] {variant.name}: {'FAILED its gate' if gate else 'passed'}"
+                f", argmax agreement {row['argmax_agreement']:.4f}, "
+                f"{time.perf_counter() - start:.0f} s")
     shutil.rmtree(ctx.tokenizer_directory)
     return failures
 
@@ -250,7 +259,7 @@ def export_classifier(classifier, label_names, texts, label_ids, target, variant
 
 
 def write_export(classifier, label_names, texts, label_ids, target, rows, extra=None,
-                 calibration=()):
+                 calibration=(), log=None):
     """`export_classifier` once `target` is claimed (`exportdir.claim`): the work itself.
 
     The export is assembled in a staging directory beside `target` and published
@@ -274,7 +283,7 @@ def write_export(classifier, label_names, texts, label_ids, target, rows, extra=
     with exportdir.staging(target) as staging:
         ctx = Context(classifier=classifier, float32=float32, label_names=tuple(label_names),
                       staging=staging, variants=rows, calibration=tuple(calibration))
-        failures = _export_variants(ctx, evaluation, report)
+        failures = _export_variants(ctx, evaluation, report, log)
         report["passed"] = not failures
         if failures:
             raise ExportGateError(
