@@ -17,7 +17,8 @@ import random
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TFMP_AUTO_PROBE", "0")
 
-import tfmp  # noqa: E402,F401  (first: as a user's `import tfmp`, it picks oneDNN before TensorFlow loads)
+# First, as a user's `import tfmp`: it chooses oneDNN before TensorFlow loads.
+import tfmp  # noqa: E402,F401
 import keras  # noqa: E402
 import pytest  # noqa: E402
 

@@ -113,14 +113,14 @@ def bfloat16_supported(hardware):
 
 
 def prefer_onednn(environ=None, modules=None):
-    """Turns TensorFlow's oneDNN CPU kernels on for this process where TensorFlow would
-    leave them off: x86 CPUs with AVX2 but none of the flags it turns them on for by
-    itself (AVX512-VNNI/BF16, AVX-VNNI, AMX). On such a CPU (AMD EPYC, Zen 3) MiniLM
+    """Turns TensorFlow's oneDNN CPU kernels on for this process on x86 CPUs with AVX2.
+    TensorFlow turns them on by itself only with AVX512-VNNI/BF16, AVX-VNNI or AMX (there
+    setting the variable changes nothing). On an AVX2-only CPU (AMD EPYC, Zen 3) MiniLM
     trained 1.39x faster under float32 with oneDNN and 1.14x under mixed_float16, 0.75x
     under mixed_bfloat16, which runs 6-11x slower than float32 there either way and
-    which `auto` does not pick (README, "oneDNN"). TensorFlow reads `TF_ENABLE_ONEDNN_OPTS`
-    once, at import, so this sets it only before `tensorflow` is imported and only where
-    the user has not set it: `TF_ENABLE_ONEDNN_OPTS=0` keeps TensorFlow's default.
+    which `auto` does not pick (README, "This machine changed"). TensorFlow reads
+    `TF_ENABLE_ONEDNN_OPTS` once, at import, so this sets it only before `tensorflow` is
+    imported and only where the user has not set it: `=0` keeps TensorFlow's default.
     Returns True where it set the variable."""
     environ = os.environ if environ is None else environ
     modules = sys.modules if modules is None else modules
@@ -136,10 +136,14 @@ def onednn_enabled():
     """Whether this TensorFlow runs oneDNN's CPU kernels and graph fusions (MatMul with
     its bias and GELU) and its counting CPU allocator. TensorFlow turns oneDNN on by
     default only on CPUs with AVX512-VNNI, AVX512-BF16, AVX-VNNI or AMX;
-    `TF_ENABLE_ONEDNN_OPTS=1` (read at import) turns it on elsewhere."""
-    from tensorflow.python.util import _pywrap_util_port
+    `TF_ENABLE_ONEDNN_OPTS=1` (read at import) turns it on elsewhere. None where this
+    TensorFlow does not say (the answer comes from a private module of TensorFlow 2.x)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
 
-    return bool(_pywrap_util_port.IsMklEnabled())
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return None
 
 
 def yield_to_training(niceness=19):

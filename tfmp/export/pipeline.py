@@ -218,8 +218,9 @@ def _export_variants(ctx, evaluation, report, log=None):
         failures += gate
         report["variants"][variant.name] = row
         if log:
-            log(f"[{i}/{len(ctx.variants)}] {variant.name}: {'FAILED its gate' if gate else 'passed'}"
-                f", argmax agreement {row['argmax_agreement']:.4f}, "
+            verdict = "FAILED its gate" if gate else "passed"
+            log(f"[{i}/{len(ctx.variants)}] {variant.name}: {verdict}, "
+                f"argmax agreement {row['argmax_agreement']:.4f}, "
                 f"{time.perf_counter() - start:.0f} s")
     shutil.rmtree(ctx.tokenizer_directory)
     return failures
