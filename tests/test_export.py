@@ -204,6 +204,8 @@ def test_failed_gate_exits_nonzero_naming_the_variant_and_writes_nothing(
     assert status != 0
     captured = capsys.readouterr()
     assert "tflite_int8" in captured.err and "argmax agreement" in captured.err
+    # The error says how to export what passed (tflite_int8 failed; tflite_fp32 passed).
+    assert "run again with --variants tflite_fp32 " in captured.err
     assert os.listdir(tmp_path) == []  # no export, no staging directory
     # The command says which variant it is on, and how each ended, as it goes.
     # tflite_int8 is converted from tflite_fp32, which comes first and passes.
@@ -259,3 +261,15 @@ def test_minilm_tflite_variants_pass_the_gate(tmp_path):
     assert rows["tflite_int8"]["accuracy_drop"] <= 0.01
     assert rows["tflite_int8"]["size_ratio"] <= 0.30
     assert "size_gate" not in rows["tflite_int8"]  # applied: MiniLM is ~90 MB
+
+
+def test_the_gate_error_names_only_variants_whose_requirements_passed_too():
+    from tfmp.export import pipeline
+
+    rows = pipeline.resolve_variants(["savedmodel_fp32", "tflite_fp32", "tflite_int8",
+                                      "cascade_int8_fp32"])
+    results = {v.name: {"passed": v.name != "tflite_int8"} for v in rows}
+    hint = pipeline._passed_hint(results, rows)
+    # The cascade passed its own gate but requires the int8 file, which failed.
+    assert hint.split("--variants ")[1].split(" ")[0] == "savedmodel_fp32,tflite_fp32"
+    assert pipeline._passed_hint({v.name: {"passed": False} for v in rows}, rows) == ""

@@ -84,3 +84,51 @@ def test_policy_scope_restores_previous_policy_even_on_error():
 def test_set_global_policy_resolves_and_sets():
     policy = precision.set_global_policy("mixed_bfloat16")
     assert keras.mixed_precision.global_policy().name == "mixed_bfloat16" == policy.name
+
+
+def test_cascade_margin_covers_twice_the_farthest_disagreement_and_the_moved_tail():
+    import numpy as np
+
+    slow = np.array([[0.70, 0.20, 0.10]] * 99 + [[0.48, 0.47, 0.05]])
+    fast = slow.copy()
+    fast[:, 0] += 0.01                      # every input moved 0.01 + 0.01 = 0.02 ...
+    fast[:, 2] -= 0.01
+    fast[99] = [0.40, 0.44, 0.16]          # ... and one flipped, at int8 margin 0.04
+    margin = precision.cascade_margin(fast, slow)
+    farthest = precision.answer_margin(fast)[99]
+    assert margin == pytest.approx(0.08) and margin > 2 * farthest   # just above twice it
+    same = precision.cascade_margin(slow, slow)
+    assert same == 0.0                     # int8 equal to float32: nothing re-run
+    moved = slow.copy()
+    moved[:, 0] += 0.1                     # a move of 0.2, no answer changed
+    moved[:, 1] -= 0.1
+    assert precision.cascade_margin(moved[:99], slow[:99]) == pytest.approx(0.2)
+
+
+def test_cascade_margin_holds_the_gate_where_the_largest_disagreement_alone_does_not():
+    # int8 as float32 with its logits jittered: 100 validation/test pairs of 1,464
+    # inputs, ~8 disagreements each. The gate allows 1 test disagreement that the
+    # margin lets through; the farthest validation disagreement alone leaks ~1 on average.
+    import numpy as np
+
+    def pair(rng, n=1464):
+        logits = rng.normal(0, 2.5, (n, 3))
+        jittered = logits + rng.normal(0, 0.03, (n, 3))
+        return [np.exp(x) / np.exp(x).sum(-1, keepdims=True) for x in (jittered, logits)]
+
+    def leaks(margin, fast, slow):
+        differs = fast.argmax(-1) != slow.argmax(-1)
+        return int(np.sum(differs & (precision.answer_margin(fast) >= margin)))
+
+    failed, failed_alone, fast_share = 0, 0, []
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        (vf, vs), (tf, ts) = pair(rng), pair(rng)
+        margin = precision.cascade_margin(vf, vs)
+        failed += leaks(margin, tf, ts) > 1
+        differs = vf.argmax(-1) != vs.argmax(-1)
+        alone = np.nextafter(precision.answer_margin(vf)[differs].max(), 2.0)
+        failed_alone += leaks(alone, tf, ts) > 1
+        fast_share.append(np.mean(precision.answer_margin(tf) >= margin))
+    assert failed <= 2 and failed_alone >= 8       # measured: 0 and 16
+    assert np.median(fast_share) > 0.9              # measured: 0.958

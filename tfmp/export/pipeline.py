@@ -226,6 +226,21 @@ def _export_variants(ctx, evaluation, report, log=None):
     return failures
 
 
+def _passed_hint(results, rows):
+    """How to export the variants that passed (and need none that failed), or ""."""
+    left_out = {name for name, row in results.items() if not row["passed"]}
+    passed = []
+    for variant in rows:  # in registry order: what a variant requires comes before it
+        if variant.name in left_out or left_out & set(variant.requires):
+            left_out.add(variant.name)
+        else:
+            passed.append(variant.name)
+    if not passed:
+        return ""
+    return (f" These passed: to export only them, run again with --variants "
+            f"{','.join(passed)} (Python: variants=[...]).")
+
+
 def check_labels(rows, label_names):
     """Lets every variant refuse the label names before any work (e.g. labels.txt's)."""
     for variant in rows:
@@ -289,7 +304,7 @@ def write_export(classifier, label_names, texts, label_ids, target, rows, extra=
         if failures:
             raise ExportGateError(
                 "Parity gate failed, nothing was exported: " + "; ".join(failures)
-                + f" (on {len(texts)} examples).")
+                + f" (on {len(texts)} examples)." + _passed_hint(report["variants"], rows))
         files.write_json(os.path.join(staging, exportdir.REPORT), report)
         exportdir.publish(staging, target, (extra or {}).get("run_dir"))
     report["path"] = target
