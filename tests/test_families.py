@@ -102,6 +102,27 @@ def test_every_policy_builds_float32_logits_close_to_float32(tiny_family_dirs, f
     np.testing.assert_allclose(logits["mixed_bfloat16"], logits["float32"], atol=5e-2)
 
 
+@pytest.mark.parametrize("family", ("bert",) + OTHER_FAMILIES)
+def test_one_tokenizer_pass_gives_the_preprocessors_features(tiny_family_dirs, family):
+    """`data.tokenize` packs one tokenizer graph's output itself (tracing RoBERTa's BPE
+    costs 5-8 s): the features must be the preprocessor's own, cut to the longest."""
+    from tfmp import data, tokens
+
+    model = models.load_classifier(tiny_family_dirs[family], num_classes=3,
+                                   sequence_length=16, policy="float32")
+    texts = TEXTS + ["", "a " * 40]  # empty, and one past --seq-len (truncated)
+    inputs = families.FAMILIES[family].features
+    assert tokens._packer(model.preprocessor, inputs) is not None  # not the fallback
+    features, lengths = data.tokenize(texts, model.preprocessor, features=inputs)
+    expected = model.preprocessor(tf.constant(texts))
+    assert set(features) == set(expected) == set(families.FAMILIES[family].features)
+    width = features["token_ids"].shape[1]
+    assert width == 16  # the long text fills --seq-len
+    for key, value in expected.items():
+        np.testing.assert_array_equal(features[key], np.asarray(value)[:, :width], key)
+    assert lengths[len(TEXTS)] == 2 and lengths[-1] > 16  # [CLS] [SEP]; before truncation
+
+
 def test_xlmr_token_type_row_is_folded_into_positions(tiny_family_dirs):
     """The fixture gives XLM-R a non-zero token-type row (as the real one has) and moves
     it out of the positions: loading must fold it back, so the sum is the random one."""

@@ -25,10 +25,8 @@ from tfmp.grouping import epoch_order, length_grouped_order  # noqa: F401  (re-e
 from tfmp.readers import (  # noqa: F401  (re-exported)
     AIRLINE_HANDLES, BUILTIN_DATASETS, Examples, _listed, _MAX_LISTED, _SHORT, _read_bytes,
     load_examples)
-
-# What a BERT preprocessor produces for each text, each int [batch, sequence_length]:
-# the model's inputs, the exported models' token inputs, what trimming cuts.
-TOKEN_KEYS = ("token_ids", "padding_mask", "segment_ids")
+from tfmp.tokens import (  # noqa: F401  (re-exported)
+    TOKEN_KEYS, even_width, token_lengths, tokenize, trim_padding)
 
 # What a label name may not hold: labels.txt has one name per line (any line break that
 # Python's splitlines knows would shift the class ids after it), and labels.json is UTF-8,
@@ -238,28 +236,6 @@ def split_examples(
 EVAL_BATCH_SIZE = 64  # validation and test scores (forward only)
 
 
-def even_width(width):
-    """`width` (a tf or numpy int) rounded up to even: what batches are cut to. A width a
-    run has not seen costs the step ~85 ms once (XLA compiles the fused GELU per shape:
-    `tfmp.xla_warmup`), ~45 a demo run; half as many for ~1.5% more tokens."""
-    return width + width % 2
-
-
-def trim_padding(x):
-    """Cuts a preprocessed batch to its longest real sequence (`even_width`, at most --seq-len).
-
-    A BERT with a padding mask gives the same [CLS] output for any amount of right
-    padding, and tweets fill a small part of the padded length, so the cut is free
-    accuracy-wise and saves most of the compute.
-    """
-    import tensorflow as tf
-
-    width = tf.reduce_max(tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1))  # right-padded
-    width = tf.minimum(even_width(width), tf.shape(x["padding_mask"])[1])
-    # (batch, sequence_length) -> (batch, width)
-    return {k: v[:, :width] if k in TOKEN_KEYS else v for k, v in x.items()}
-
-
 def make_dataset(split: Split, preprocessor, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  trim: bool = True, drop_remainder: bool = False):
     """A `tf.data.Dataset` of batches `(texts, label_ids)`, or of preprocessed `(x, y)`.
@@ -304,41 +280,6 @@ def make_dataset(split: Split, preprocessor, batch_size: int, *, shuffle: bool =
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
-
-
-def token_lengths(texts: Sequence[str], preprocessor) -> np.ndarray:
-    """Packed length of each text ([CLS] + WordPieces + [SEP]), before truncation."""
-    return tokenize(texts, preprocessor, max_bytes=0)[1]
-
-
-def tokenize(texts: Sequence[str], preprocessor, max_bytes: int = 2**28):
-    """(features, lengths) of `texts` from one tokenizer pass: `token_lengths`, and the
-    preprocessor's output ({"token_ids": int32 [n, width], ...}) cut to the longest text,
-    or None past `max_bytes` at --seq-len (256 MB: 3.7M texts of 64 tokens, 580k of 512).
-    A dataset of features (`Split.features`) has no tokenizer graph: tf.data optimizes a
-    dataset's functions anew for each iterator, two an epoch (training, validation):
-    0.16 s each for BERT's WordPiece graph on this CPU, 1.1 s for RoBERTa's BPE."""
-    import tensorflow as tf
-
-    if len(texts) == 0:
-        return None, np.zeros((0,), np.int64)
-    tokenizer = preprocessor.tokenizer
-    keep = len(texts) * preprocessor.sequence_length * 9 <= max_bytes  # int32 + bool + int32
-
-    def lengths_of(batch):  # the tokenizer's output is ragged: it sets no sequence_length
-        lengths = tokenizer(batch).row_lengths() + 2
-        return (preprocessor(batch), lengths) if keep else lengths
-
-    batches = list(tf.data.Dataset.from_tensor_slices(tf.constant(list(texts), tf.string))
-                   .batch(1024).map(lengths_of, num_parallel_calls=tf.data.AUTOTUNE)
-                   .as_numpy_iterator())
-    if not keep:
-        return None, np.concatenate(batches).astype(np.int64)
-    features = {k: np.concatenate([b[0][k] for b in batches]) for k in batches[0][0]}
-    width = int(features["padding_mask"].sum(axis=1).max())  # cut as `trim_padding` cuts
-    width = min(even_width(width), features["padding_mask"].shape[1])
-    return ({k: v[:, :width] if k in TOKEN_KEYS else v for k, v in features.items()},
-            np.concatenate([b[1] for b in batches]).astype(np.int64))
 
 
 def by_length(split, preprocessor, lengths=None):

@@ -4,10 +4,9 @@
     result = train(TrainConfig(data="airline", policy="mixed_float16", out="runs/demo"))
     print(result.metrics["accuracy"])
 
-The CLI (`tfmp train`), the notebooks and this API all build the same `TrainConfig`.
-Inputs are validated (policy, data, labels, splits, model directory) before anything
-is written; the run is assembled in `<out>.partial/` and renamed to `<out>` only
-when it is complete (`tfmp.rundir`).
+The CLI, the notebooks and this API all build the same `TrainConfig`. Inputs are
+validated (policy, data, labels, splits, model directory) before anything is written;
+the run is assembled in `<out>.partial/`, renamed to `<out>` once complete (`rundir`).
 
 While it trains, `<out>.partial/checkpoints/` holds the newest two checkpoints
 (`tfmp.checkpoint`, written in the background by `tfmp.checkpoint_saver`); a run killed
@@ -31,7 +30,7 @@ import numpy as np
 
 from tfmp import adaptive, callbacks, checkpoint, data, distribute, files, headroom, lost_updates
 from tfmp import lora, memory, models, optimizer, precision, recovery, report, rundir, runrecord
-from tfmp import checkpoint_saver, signals, xla_warmup
+from tfmp import checkpoint_saver, families, signals, xla_warmup
 from tfmp.config import TrainConfig, config_differences, config_hash
 from tfmp.errors import Interrupted, TrainingStopped, UserError
 
@@ -197,10 +196,11 @@ def _log_data(run, lengths):
     return truncated
 
 
-def _tokenize(splits, preprocessor):
+def _tokenize(splits, model):
     """(`splits` with token features or None, (train, validation, test) token lengths)."""
     parts = (splits.train, splits.validation, splits.test)
-    features, lengths = data.tokenize([t for p in parts for t in p.texts], preprocessor)
+    features, lengths = data.tokenize([t for p in parts for t in p.texts], model.preprocessor,
+                                      features=families.by_backbone(model.backbone).features)
     bounds = np.cumsum([0, *map(len, parts)])
     lengths = tuple(lengths[a:b] for a, b in zip(bounds, bounds[1:]))
     if features is None:
@@ -222,7 +222,7 @@ def _train_in_scope(run):
             model, data.epoch_dataset(splits.train, config.batch_size, config.seed, 0),
             run.policy, config.calibration_batches, config.initial_loss_scale, run.log)
     clock = time.perf_counter()  # one tokenizer pass for the run (a pass costs ~0.2-1 s)
-    featured, (lengths, val_lengths, _) = _tokenize(splits, model.preprocessor)
+    featured, (lengths, val_lengths, _) = _tokenize(splits, model)
     timings["token lengths (for length grouping)"] = time.perf_counter() - clock
     truncated = _log_data(run, lengths)
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
