@@ -22,18 +22,18 @@ import tfmp  # noqa: E402,F401
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
-# Seconds each test file took (sum of its tests, 2 xdist workers, 2026-11-30, a loaded
-# machine: only the order matters). `make test` hands files to its two workers heaviest
+# Seconds each test file took (sum of its tests, 2 xdist workers, 2026-12-01, the AVX2
+# EPYC, quiet: only the order matters). `make test` hands files to its two workers heaviest
 # first (--no-loadscope-reorder keeps this order; xdist's own orders files by test count),
 # so that the last files to finish are short ones and both workers end together.
 FILE_SECONDS = {
-    "test_families.py": 272, "test_distribute.py": 247, "test_notebooks.py": 238,
-    "test_compress.py": 155, "test_lora.py": 121, "test_export.py": 120,
-    "test_reliability.py": 112, "test_bench.py": 84, "test_export_safety.py": 76,
-    "test_safety.py": 73, "test_train.py": 64, "test_serve.py": 61,
-    "test_bench_memory.py": 43, "test_adaptive.py": 43, "test_tradeoffs.py": 42,
-    "test_models.py": 27, "test_callbacks.py": 21, "test_accumulate.py": 18,
-    "test_recovery.py": 18, "test_fuzz.py": 18,
+    "test_families.py": 437, "test_notebooks.py": 341, "test_compress.py": 265,
+    "test_distribute.py": 257, "test_lora.py": 156, "test_export.py": 155,
+    "test_safety.py": 137, "test_export_safety.py": 117, "test_reliability.py": 111,
+    "test_train.py": 104, "test_bench.py": 99, "test_bench_memory.py": 79, "test_serve.py": 78,
+    "test_xla_warmup.py": 56, "test_fused_matmul.py": 52, "test_adaptive.py": 46,
+    "test_models.py": 46, "test_tradeoffs.py": 44, "test_callbacks.py": 35,
+    "test_accumulate.py": 29,
 }
 
 
