@@ -148,7 +148,11 @@ class _Compiler(threading.Thread):
                 return tf.distribute.get_replica_context().merge_call(
                     lambda _, v, a: kernel(v, a), args=(v, a))
 
-            tf.function(call, input_signature=specs)(tf.zeros(shape, dtype), tf.zeros([], dtype))
+            function = tf.function(call, input_signature=specs)
+            # One function per shape on purpose: TensorFlow's "N out of the last N calls
+            # ... triggered tf.function retracing" warning (printed to every user) is noise.
+            function._omit_frequent_tracing_warning = True
+            function(tf.zeros(shape, dtype), tf.zeros([], dtype))
             self.compiled += 1
 
 
