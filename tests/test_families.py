@@ -113,7 +113,7 @@ def test_one_tokenizer_pass_gives_the_preprocessors_features(tiny_family_dirs, f
     texts = TEXTS + ["", "a " * 40]  # empty, and one past --seq-len (truncated)
     inputs = families.FAMILIES[family].features
     assert tokens._packer(model.preprocessor, inputs) is not None  # not the fallback
-    features, lengths = data.tokenize(texts, model.preprocessor, features=inputs)
+    features, lengths = data.tokenize(texts, model.preprocessor, inputs=inputs)
     expected = model.preprocessor(tf.constant(texts))
     assert set(features) == set(expected) == set(families.FAMILIES[family].features)
     width = features["token_ids"].shape[1]

@@ -1,6 +1,6 @@
 """Tokenized text: one tokenizer pass gives each text's features and length.
 
-    features, lengths = tokenize(texts, preprocessor)   # {TOKEN_KEYS: int [n, width]}
+    features, lengths = tokenize(texts, preprocessor, inputs=("token_ids", "padding_mask"))
     trim_padding(x)                                     # in a tf.data map: cut to the batch
 
 Widths are cut to an even number of tokens (`even_width`). Re-exported by `tfmp.data`.
@@ -42,15 +42,15 @@ def token_lengths(texts: Sequence[str], preprocessor) -> np.ndarray:
     return tokenize(texts, preprocessor, max_bytes=0)[1]
 
 
-def tokenize(texts: Sequence[str], preprocessor, max_bytes: int = 2**28, features=None):
+def tokenize(texts: Sequence[str], preprocessor, max_bytes: int = 2**28, inputs=None):
     """(features, lengths) of `texts` from one tokenizer pass: `token_lengths`, and the
     preprocessor's output ({"token_ids": int32 [n, width], ...}) cut to the longest text,
     or None past `max_bytes` at --seq-len (256 MB: 3.7M texts of 64 tokens, 580k of 512).
     A dataset of features (`Split.features`) has no tokenizer graph: tf.data optimizes a
     dataset's functions anew for each iterator, two an epoch (training, validation):
     0.16 s each for BERT's WordPiece graph on this CPU, 1.1 s for RoBERTa's BPE.
-    `features` (the backbone's inputs, `families.Family.features`) lets one tokenizer
-    graph give both (`_packer`); without them the preprocessor's graph runs beside it,
+    `inputs` (the backbone's, `families.Family.features`) lets one tokenizer graph
+    give both (`_packer`); without them the preprocessor's graph runs beside it,
     and tracing RoBERTa's BPE graph costs 5-8 s (4,400 ops) each time on this CPU."""
     import tensorflow as tf
 
@@ -58,7 +58,7 @@ def tokenize(texts: Sequence[str], preprocessor, max_bytes: int = 2**28, feature
         return None, np.zeros((0,), np.int64)
     tokenizer = preprocessor.tokenizer
     keep = len(texts) * preprocessor.sequence_length * 9 <= max_bytes  # int32 + bool + int32
-    pack = _packer(preprocessor, features) if keep and features else None
+    pack = _packer(preprocessor, inputs) if keep and inputs else None
 
     def lengths_of(batch):  # the tokenizer's output is ragged: it sets no sequence_length
         tokens = tokenizer(batch)
@@ -81,12 +81,13 @@ def tokenize(texts: Sequence[str], preprocessor, max_bytes: int = 2**28, feature
             np.concatenate([b[1] for b in batches]).astype(np.int64))
 
 
-def _packer(preprocessor, features):
-    """tokens -> the preprocessor's `features`, or None: keras-hub's text classifier
-    preprocessors pack the tokenizer's output as below (`TextClassifierPreprocessor.
-    _call_tf`; RoBERTa's and DistilBERT's then drop segment_ids), and
+def _packer(preprocessor, inputs):
+    """tokens -> the preprocessor's features named in `inputs`, or None. keras-hub's text
+    classifier preprocessors pack the tokenizer's output as below (`TextClassifier
+    Preprocessor._call_tf`; RoBERTa's and DistilBERT's then drop segment_ids): written
+    again here so that a pass traces one tokenizer graph, not the preprocessor's too.
     `test_families` checks every family's result against the preprocessor's own."""
-    if not set(features) <= set(TOKEN_KEYS) or not hasattr(preprocessor, "packer"):
+    if not set(inputs) <= set(TOKEN_KEYS) or not hasattr(preprocessor, "packer"):
         return None
     if preprocessor.packer is None:  # made by `build` (after the tokenizer's assets load)
         preprocessor.build(None)
@@ -95,6 +96,6 @@ def _packer(preprocessor, features):
         token_ids, segment_ids = preprocessor.packer((tokens,))
         x = {"token_ids": token_ids, "segment_ids": segment_ids,
              "padding_mask": token_ids != preprocessor.tokenizer.pad_token_id}
-        return {k: x[k] for k in features}
+        return {k: x[k] for k in inputs}
 
     return pack

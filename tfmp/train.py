@@ -200,7 +200,7 @@ def _tokenize(splits, model):
     """(`splits` with token features or None, (train, validation, test) token lengths)."""
     parts = (splits.train, splits.validation, splits.test)
     features, lengths = data.tokenize([t for p in parts for t in p.texts], model.preprocessor,
-                                      features=families.by_backbone(model.backbone).features)
+                                      inputs=families.by_backbone(model.backbone).features)
     bounds = np.cumsum([0, *map(len, parts)])
     lengths = tuple(lengths[a:b] for a, b in zip(bounds, bounds[1:]))
     if features is None:

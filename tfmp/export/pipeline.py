@@ -237,8 +237,8 @@ def _passed_hint(results, rows):
             passed.append(variant.name)
     if not passed:
         return ""
-    return (f" These passed: to export only them, run again with --variants "
-            f"{','.join(passed)} (Python: variants=[...]).")
+    return (f" To export the variants that passed (and need none that failed), run again "
+            f"with --variants {','.join(passed)} (Python: export(..., variants=[...])).")
 
 
 def check_labels(rows, label_names):
