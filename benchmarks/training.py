@@ -162,9 +162,12 @@ class _TorchRunner:
         self.model = BertForSequenceClassification.from_pretrained(
             model_dir, num_labels=NUM_CLASSES)
         self.model.train()
-        # Same optimizer settings as tfmp (AdamW, eps 1e-6, decay 0.01, clip 1.0).
+        # Same optimizer settings as tfmp (AdamW, eps 1e-6, decay 0.01, clip 1.0), in
+        # PyTorch's fused kernel, as the Hugging Face Trainer runs it (transformers 5's
+        # default `optim="adamw_torch_fused"`): MiniLM, batch 32, float32, 649 -> 592 ms
+        # a step at width 32, 375 -> 313 ms at 16 (2026-12-01, AVX2 EPYC).
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=5e-5, eps=1e-6,
-                                     weight_decay=0.01)
+                                     weight_decay=0.01, fused=True)
         self.batches = [
             ({"input_ids": torch.tensor(x["token_ids"]).long(),
               "attention_mask": torch.tensor(x["padding_mask"]).long(),

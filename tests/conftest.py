@@ -37,9 +37,40 @@ FILE_SECONDS = {
 }
 
 
+# Files that must run in the same worker: they share a session fixture too costly to
+# build twice (`mixed_float16_export`: ~40 s, which `--dist loadfile` built in both
+# workers whenever it gave the two files to different ones).
+SAME_WORKER = ({"test_export.py", "test_serve.py"},)
+
+
+def _unit(name):
+    """The files that run with test file `name` in one worker, as a sorted tuple."""
+    return tuple(sorted(next((g for g in SAME_WORKER if name in g), {name})))
+
+
 def pytest_collection_modifyitems(config, items):
-    """Heaviest files first; a file's tests keep their order; unlisted (light) files last."""
-    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))
+    """Heaviest units first (a unit: a file, or a `SAME_WORKER` group, by its summed
+    seconds); a unit's tests keep their order; unlisted (light) files last."""
+    def weight(item):
+        unit = _unit(item.path.name)
+        return (-sum(FILE_SECONDS.get(f, 0) for f in unit), unit)
+    items.sort(key=weight)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent without it
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, with each `SAME_WORKER` group one unit of work."""
+    if config.getvalue("dist") != "loadfile":
+        return None  # xdist's own scheduler for the mode asked
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndGroups(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            path = nodeid.split("::", 1)[0]
+            folder, name = os.path.split(path)
+            return "+".join(os.path.join(folder, f) for f in _unit(name))
+
+    return FilesAndGroups(config, log)
 
 
 # A small uncased WordPiece vocabulary: specials, letters, and sentiment-ish words.
