@@ -162,7 +162,7 @@ if __name__ == "__main__":
     missing = [m for m in ("torch", "accelerate") if importlib.util.find_spec(m) is None]
     if missing:  # before the first (minutes-long) tfmp run, not a traceback after it
         sys.exit(f"{' and '.join(missing)} not installed: the Hugging Face Trainer side needs "
-                 "them (pip install -e '.[bench]'; `make setup` installs only the torch extra).")
+                 "them (`make setup`, or pip install -e '.[bench]').")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     results = measure(a.model, a.seeds, a.rounds, a.examples, a.epochs)
     text = json.dumps(results, indent=1)
