@@ -33,6 +33,13 @@ JOBS = (("tfmp", "float32"), ("hf_trainer", "fp32"),
 PAIRS = {"float32": ("float32", "fp32"), "best mixed": ("mixed_bfloat16", "bf16")}
 
 
+def missing_peer():
+    """The packages the Trainer side needs that are not installed (torch, accelerate)."""
+    import importlib.util
+
+    return [m for m in ("torch", "accelerate") if importlib.util.find_spec(m) is None]
+
+
 def write_split(path, seed, examples):
     """tfmp's split of the airline tweets for `seed`, as JSON the HF job reads."""
     from tfmp.config import TrainConfig
@@ -157,9 +164,7 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--out", default=None, help="also write the results JSON here")
     a = parser.parse_args()
-    import importlib.util
-
-    missing = [m for m in ("torch", "accelerate") if importlib.util.find_spec(m) is None]
+    missing = missing_peer()
     if missing:  # before the first (minutes-long) tfmp run, not a traceback after it
         sys.exit(f"{' and '.join(missing)} not installed: the Hugging Face Trainer side needs "
                  "them (`make setup`, or pip install -e '.[bench]').")

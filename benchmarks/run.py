@@ -148,16 +148,14 @@ def run(args, log=print):
                 results.setdefault("inference", {})["peak_rss_mb"] = inference.peak_memory(
                     args.export_dir, model_dir, log=log)
     if "endtoend" in parts:
-        try:
-            import accelerate  # noqa: F401  (the Trainer needs it)
-            import torch  # noqa: F401
-        except ImportError:
-            log("torch or accelerate is not installed: the end-to-end comparison with the "
-                "Hugging Face Trainer is skipped (pip install -e '.[bench]').")
+        import endtoend
+
+        missing = endtoend.missing_peer()
+        if missing:
+            log(f"{' and '.join(missing)} not installed: the end-to-end comparison with the "
+                "Hugging Face Trainer is skipped (`make setup`, or pip install -e '.[bench]').")
         else:
             log("end to end: tfmp train against the Hugging Face Trainer, alternating processes")
-            import endtoend
-
             results["endtoend"] = endtoend.measure(
                 None if model_dir == models.default_model_dir() else model_dir,
                 seeds=(0,) if quick else (0, 1), rounds=1,
